@@ -19,8 +19,8 @@ column per video, and ``targets[q]`` is the column index of caption ``q``'s vide
   ``1 + #{q : targets[q] != v and sim[q, v] >= max_{q' : targets[q'] = v} sim[q', v]}``.
   Videos without any caption have no video-to-text rank and are left out of that direction.
 
-DSL (dual softmax) rescales the matrix before ranking: text-to-video uses
-``sim * softmax(sim * 100, dim=0)``, the softmax taken over the query axis; video-to-text applies
+DSL (dual softmax) rescales the matrix before ranking. Text-to-video uses
+``sim * softmax(sim * 100, dim=0)``, the softmax taken over the query axis. Video-to-text applies
 the same formula to the transposed matrix, so its softmax runs over the video axis. DSL uses the
 statistics of the whole test set of queries, so its numbers are reported apart from the plain ones.
 """
@@ -129,7 +129,7 @@ def metrics_from_ranks(ranks: np.ndarray) -> RetrievalMetrics:
 def text_to_video_ranks(similarity: Any, targets: Any = None) -> np.ndarray:
     """Return each caption's 1-based rank of its video, ties counted pessimistically.
 
-    ``similarity`` is [Q, V]; ``targets`` [Q] holds each caption's video index and defaults to
+    ``similarity`` is [Q, V]; ``targets`` [Q] contains each caption's video index and defaults to
     the diagonal for a square matrix.
     """
     matrix = _as_matrix(similarity)
