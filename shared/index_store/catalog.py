@@ -1,0 +1,674 @@
+"""The SQLite catalog of an index directory: videos, segments (with their vectors), runs.
+
+The catalog is the durable source of truth. Every segment row stores its vector as a float32
+BLOB, so any FAISS snapshot can be rebuilt from the catalog alone. A segment's row id is its
+FAISS vector id; ids come from AUTOINCREMENT and are never reused, so an older snapshot that a
+reader still serves can never map one of its ids to a different segment.
+
+Duplicates: a file whose content hash equals an indexed video's is stored with status
+``duplicate`` and ``duplicate_of`` pointing at that video. Its content is indexed once, and
+``VideoRecord.duplicate_paths`` lists the other names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.index_store.errors import CatalogError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Video statuses stored in videos.status.
+STATUS_INDEXED = "indexed"
+STATUS_FAILED = "failed"
+STATUS_REMOVED = "removed"
+STATUS_DUPLICATE = "duplicate"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS videos (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    content_hash TEXT,
+    duration REAL,
+    fps REAL,
+    frame_count INTEGER,
+    width INTEGER,
+    height INTEGER,
+    codec TEXT,
+    rotation INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('indexed', 'failed', 'removed', 'duplicate')),
+    duplicate_of INTEGER REFERENCES videos(id),
+    failure_kind TEXT,
+    failure_reason TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS videos_content_hash ON videos(content_hash);
+CREATE INDEX IF NOT EXISTS videos_duplicate_of ON videos(duplicate_of);
+CREATE TABLE IF NOT EXISTS segments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    video_id INTEGER NOT NULL REFERENCES videos(id),
+    segment_index INTEGER NOT NULL,
+    start_s REAL NOT NULL,
+    end_s REAL NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS segments_video_id ON segments(video_id);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    vector_count INTEGER NOT NULL,
+    index_type TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+
+_VIDEO_COLUMNS = (
+    "id, path, size, mtime_ns, content_hash, duration, fps, frame_count, width, height, codec, "
+    "rotation, status, duplicate_of, failure_kind, failure_reason, updated_at"
+)
+
+
+def utc_now() -> str:
+    """Return the current UTC time as an ISO 8601 string with microseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class ProbeFields:
+    """Probe results stored with a video; every field may be unknown."""
+
+    duration: float | None = None  # seconds
+    fps: float | None = None  # average frames per second
+    frame_count: int | None = None  # as declared or counted by the prober
+    width: int | None = None  # pixels, before rotation
+    height: int | None = None  # pixels, before rotation
+    codec: str | None = None  # decoder name, e.g. "h264"
+    rotation: int | None = None  # degrees from the display matrix
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One row of the videos table."""
+
+    id: int  # catalog video id
+    path: str  # absolute real path of the file
+    size: int  # bytes
+    mtime_ns: int  # modification time, nanoseconds since the epoch
+    content_hash: str | None  # hex BLAKE2b of the file's bytes
+    probe: ProbeFields  # probe results at indexing time
+    status: str  # indexed, failed, removed or duplicate
+    duplicate_of: int | None  # for duplicates: the video id whose segments hold this content
+    failure_kind: str | None  # for failures: the error kind, e.g. "truncated"
+    failure_reason: str | None  # for failures: a one-line reason
+    updated_at: str  # ISO 8601 UTC time of the last change
+    duplicate_paths: tuple[str, ...] = ()  # other files with the same content
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """One row of the segments table, joined with its video's path."""
+
+    vector_id: int  # the FAISS vector id (segments.id)
+    video_id: int  # catalog video id
+    segment_index: int  # 0-based position of the segment within its video
+    start_s: float  # segment start, seconds from the start of the video
+    end_s: float  # segment end, seconds
+    path: str  # the video's path
+
+
+@dataclass(frozen=True)
+class SegmentToWrite:
+    """A segment and its vector, as handed to the catalog by the indexer."""
+
+    segment_index: int  # 0-based position within the video
+    start_s: float  # seconds
+    end_s: float  # seconds
+    vector: np.ndarray  # [D] float32, L2-normalised
+
+
+class Catalog:
+    """The SQLite catalog of one index directory.
+
+    ``Catalog(path, read_only=True)`` opens an existing catalog for reading; each thread gets its
+    own connection, so one instance can be shared by the threads of a server. A writable catalog
+    (``read_only=False``) creates the file and schema if needed and must be used from one thread.
+    """
+
+    def __init__(self, path: str | Path, read_only: bool = True) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        if read_only:
+            if not self.path.is_file():
+                raise CatalogError(
+                    f"catalog {self.path} not found; run `indexer ingest` on this index "
+                    f"directory first"
+                )
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = self._connection()
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.executescript(_SCHEMA)
+            self._migrate(connection)
+
+    # Connections
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            return connection
+        if self.read_only:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            connection = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
+        else:
+            # Autocommit mode; transactions are explicit (see transaction()).
+            connection = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
+        connection.row_factory = sqlite3.Row
+        self._local.connection = connection
+        with self._connections_lock:
+            self._connections.append(connection)
+        return connection
+
+    def close(self) -> None:
+        """Close every connection this instance opened, in any thread."""
+        with self._connections_lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            connection.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row["value"]) > SCHEMA_VERSION:
+            raise CatalogError(
+                f"catalog {self.path} has schema version {row['value']}, newer than this "
+                f"program's {SCHEMA_VERSION}; upgrade the program"
+            )
+
+    def _require_writable(self) -> sqlite3.Connection:
+        if self.read_only:
+            raise CatalogError(f"catalog {self.path} is open read-only; open it with read_only=False")
+        return self._connection()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the body in one IMMEDIATE transaction: committed on success, rolled back on error."""
+        connection = self._require_writable()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    # Read side
+
+    def model_fingerprint(self) -> str | None:
+        """Return the fingerprint of the model the index was built with, or None when empty."""
+        return self.get_meta("model_fingerprint")
+
+    def get_meta(self, key: str) -> str | None:
+        """Return one value of the meta table, or None."""
+        row = self._connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def embed_dim(self) -> int | None:
+        """Return the vector width D stored with the model, or None before the first ingest."""
+        value = self.get_meta("embed_dim")
+        return None if value is None else int(value)
+
+    def count_indexed_videos(self) -> int:
+        """Return the number of videos with status ``indexed`` (duplicates not counted)."""
+        row = self._connection().execute(
+            "SELECT COUNT(*) AS n FROM videos WHERE status = ?", (STATUS_INDEXED,)
+        ).fetchone()
+        return int(row["n"])
+
+    def count_segments(self) -> int:
+        """Return the number of segment rows, which is the vector count a snapshot must have."""
+        row = self._connection().execute("SELECT COUNT(*) AS n FROM segments").fetchone()
+        return int(row["n"])
+
+    def count_by_status(self) -> dict[str, int]:
+        """Return the number of videos per status."""
+        rows = self._connection().execute(
+            "SELECT status, COUNT(*) AS n FROM videos GROUP BY status"
+        ).fetchall()
+        return {str(row["status"]): int(row["n"]) for row in rows}
+
+    def segments_for_vector_ids(self, ids: Iterable[int]) -> dict[int, SegmentRecord]:
+        """Map FAISS vector ids to their segments; ids with no row (padding -1, or removed
+        since the snapshot was built) are absent from the result."""
+        wanted = sorted({int(i) for i in ids if int(i) >= 0})
+        result: dict[int, SegmentRecord] = {}
+        connection = self._connection()
+        # SQLite limits the number of bound parameters, so look ids up in chunks.
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            placeholders = ",".join("?" * len(chunk))
+            rows = connection.execute(
+                "SELECT s.id, s.video_id, s.segment_index, s.start_s, s.end_s, v.path "
+                "FROM segments s JOIN videos v ON v.id = s.video_id "
+                f"WHERE s.id IN ({placeholders})",
+                chunk,
+            ).fetchall()
+            for row in rows:
+                result[int(row["id"])] = _segment_from_row(row)
+        return result
+
+    def list_segments(self, video_id: int) -> list[SegmentRecord]:
+        """Return a video's segments in time order."""
+        rows = self._connection().execute(
+            "SELECT s.id, s.video_id, s.segment_index, s.start_s, s.end_s, v.path "
+            "FROM segments s JOIN videos v ON v.id = s.video_id "
+            "WHERE s.video_id = ? ORDER BY s.segment_index",
+            (int(video_id),),
+        ).fetchall()
+        return [_segment_from_row(row) for row in rows]
+
+    def get_video(self, video_id: int) -> VideoRecord | None:
+        """Return one video by id, with the paths of its duplicates, or None."""
+        row = self._connection().execute(
+            f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE id = ?", (int(video_id),)
+        ).fetchone()
+        return None if row is None else self._video_from_row(row)
+
+    def get_video_by_path(self, path: str) -> VideoRecord | None:
+        """Return one video by its stored path, or None."""
+        row = self._connection().execute(
+            f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE path = ?", (str(path),)
+        ).fetchone()
+        return None if row is None else self._video_from_row(row)
+
+    def list_videos(self, status: str | None = None) -> list[VideoRecord]:
+        """Return every video, or those with one status, ordered by path."""
+        if status is None:
+            rows = self._connection().execute(
+                f"SELECT {_VIDEO_COLUMNS} FROM videos ORDER BY path"
+            ).fetchall()
+        else:
+            rows = self._connection().execute(
+                f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE status = ? ORDER BY path", (status,)
+            ).fetchall()
+        return [self._video_from_row(row, with_duplicates=False) for row in rows]
+
+    def find_indexed_by_hash(self, content_hash: str) -> VideoRecord | None:
+        """Return the indexed video with this content hash, or None."""
+        row = self._connection().execute(
+            f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE content_hash = ? AND status = ? "
+            "ORDER BY id LIMIT 1",
+            (content_hash, STATUS_INDEXED),
+        ).fetchone()
+        return None if row is None else self._video_from_row(row)
+
+    def segment_ids(self) -> np.ndarray:
+        """Return every segment id, sorted, as int64 [N]."""
+        rows = self._connection().execute("SELECT id FROM segments ORDER BY id").fetchall()
+        return np.asarray([int(row["id"]) for row in rows], dtype=np.int64)
+
+    def iter_vectors(self, chunk_size: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (ids int64 [n], vectors float32 [n, D]) chunks of every stored segment."""
+        dim = self.embed_dim()
+        cursor = self._connection().execute("SELECT id, vector FROM segments ORDER BY id")
+        while True:
+            rows = cursor.fetchmany(chunk_size)
+            if not rows:
+                return
+            ids = np.fromiter((int(row["id"]) for row in rows), dtype=np.int64, count=len(rows))
+            blob = b"".join(bytes(row["vector"]) for row in rows)
+            vectors = np.frombuffer(blob, dtype=np.float32).reshape(len(rows), -1)  # [n, D]
+            if dim is not None and vectors.shape[1] != dim:
+                raise CatalogError(
+                    f"catalog {self.path} stores {vectors.shape[1]}-wide vectors but its model "
+                    f"has D = {dim}; rebuild the index with `indexer ingest --rebuild`"
+                )
+            yield ids, vectors
+
+    def snapshot_vector_count(self, snapshot_id: str) -> int | None:
+        """Return the vector count recorded when a snapshot was published, or None."""
+        row = self._connection().execute(
+            "SELECT vector_count FROM snapshots WHERE id = ?", (snapshot_id,)
+        ).fetchone()
+        return None if row is None else int(row["vector_count"])
+
+    def list_runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        """Return the latest run records, newest first."""
+        rows = self._connection().execute(
+            "SELECT id, started_at, finished_at, status, record FROM runs ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            {
+                "id": int(row["id"]),
+                "started_at": row["started_at"],
+                "finished_at": row["finished_at"],
+                "status": row["status"],
+                **json.loads(row["record"]),
+            }
+            for row in rows
+        ]
+
+    def integrity_check(self) -> list[str]:
+        """Run SQLite's integrity check and return its messages (``["ok"]`` when sound)."""
+        rows = self._connection().execute("PRAGMA integrity_check").fetchall()
+        return [str(row[0]) for row in rows]
+
+    def _video_from_row(self, row: sqlite3.Row, with_duplicates: bool = True) -> VideoRecord:
+        duplicate_paths: tuple[str, ...] = ()
+        if with_duplicates and row["status"] == STATUS_INDEXED:
+            duplicates = self._connection().execute(
+                "SELECT path FROM videos WHERE duplicate_of = ? AND status = ? ORDER BY path",
+                (int(row["id"]), STATUS_DUPLICATE),
+            ).fetchall()
+            duplicate_paths = tuple(str(d["path"]) for d in duplicates)
+        return VideoRecord(
+            id=int(row["id"]),
+            path=str(row["path"]),
+            size=int(row["size"]),
+            mtime_ns=int(row["mtime_ns"]),
+            content_hash=row["content_hash"],
+            probe=ProbeFields(
+                duration=row["duration"],
+                fps=row["fps"],
+                frame_count=row["frame_count"],
+                width=row["width"],
+                height=row["height"],
+                codec=row["codec"],
+                rotation=row["rotation"],
+            ),
+            status=str(row["status"]),
+            duplicate_of=row["duplicate_of"],
+            failure_kind=row["failure_kind"],
+            failure_reason=row["failure_reason"],
+            updated_at=str(row["updated_at"]),
+            duplicate_paths=duplicate_paths,
+        )
+
+    # Write side
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store one meta value (autocommitted unless inside transaction())."""
+        self._require_writable().execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def set_model(self, fingerprint: str, config: dict[str, Any], embed_dim: int) -> None:
+        """Record the model the index is built with."""
+        with self.transaction():
+            self.set_meta("model_fingerprint", fingerprint)
+            self.set_meta("model_config", json.dumps(config, sort_keys=True))
+            self.set_meta("embed_dim", str(int(embed_dim)))
+
+    def clear_all(self) -> None:
+        """Delete every video, segment and snapshot record and the model, for a rebuild.
+
+        Run records are kept as history. AUTOINCREMENT keeps ids from being reused afterwards.
+        """
+        with self.transaction() as connection:
+            connection.execute("DELETE FROM segments")
+            connection.execute("UPDATE videos SET duplicate_of = NULL")
+            connection.execute("DELETE FROM videos")
+            connection.execute("DELETE FROM snapshots")
+            connection.execute(
+                "DELETE FROM meta WHERE key IN ('model_fingerprint', 'model_config', 'embed_dim')"
+            )
+
+    def write_indexed(
+        self,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        content_hash: str | None,
+        probe: ProbeFields,
+        segments: Sequence[SegmentToWrite],
+    ) -> int:
+        """Store a video and its segments, replacing what the path held before.
+
+        Call inside transaction(), so that the old segments disappear in the same commit that
+        adds the new ones. Returns the video id.
+        """
+        connection = self._require_writable()
+        dim = self.embed_dim()
+        video_id = self._detach_path(path)
+        values = (
+            size, mtime_ns, content_hash, probe.duration, probe.fps, probe.frame_count,
+            probe.width, probe.height, probe.codec, probe.rotation, STATUS_INDEXED, utc_now(),
+        )
+        if video_id is None:
+            cursor = connection.execute(
+                "INSERT INTO videos(size, mtime_ns, content_hash, duration, fps, frame_count, "
+                "width, height, codec, rotation, status, updated_at, path) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*values, path),
+            )
+            video_id = int(cursor.lastrowid)
+        else:
+            connection.execute(
+                "UPDATE videos SET size = ?, mtime_ns = ?, content_hash = ?, duration = ?, "
+                "fps = ?, frame_count = ?, width = ?, height = ?, codec = ?, rotation = ?, "
+                "status = ?, updated_at = ?, duplicate_of = NULL, failure_kind = NULL, "
+                "failure_reason = NULL WHERE id = ?",
+                (*values, video_id),
+            )
+        rows = []
+        for segment in segments:
+            vector = np.ascontiguousarray(segment.vector, dtype=np.float32).reshape(-1)  # [D]
+            if dim is not None and vector.shape[0] != dim:
+                raise CatalogError(
+                    f"segment vector of {path} has width {vector.shape[0]}, the index expects "
+                    f"D = {dim}"
+                )
+            rows.append(
+                (video_id, segment.segment_index, segment.start_s, segment.end_s, vector.tobytes())
+            )
+        connection.executemany(
+            "INSERT INTO segments(video_id, segment_index, start_s, end_s, vector) "
+            "VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+        return video_id
+
+    def write_failed(
+        self,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        content_hash: str | None,
+        failure_kind: str,
+        failure_reason: str,
+        probe: ProbeFields | None = None,
+    ) -> int:
+        """Record a file that could not be indexed, dropping any segments it had."""
+        return self._write_without_segments(
+            path, size, mtime_ns, content_hash, STATUS_FAILED, None,
+            failure_kind, _one_line(failure_reason), probe,
+        )
+
+    def write_duplicate(
+        self, path: str, size: int, mtime_ns: int, content_hash: str, duplicate_of: int
+    ) -> int:
+        """Record a file whose content is already indexed under another path."""
+        return self._write_without_segments(
+            path, size, mtime_ns, content_hash, STATUS_DUPLICATE, duplicate_of, None, None, None
+        )
+
+    def mark_removed(self, path: str) -> bool:
+        """Drop a video's segments and mark it removed; return False when the path is unknown.
+
+        When other paths hold the same content, the first of them takes over the segments, so
+        the content stays searchable under a name that still exists.
+        """
+        connection = self._require_writable()
+        row = connection.execute(
+            "SELECT id, status FROM videos WHERE path = ?", (path,)
+        ).fetchone()
+        if row is None or row["status"] == STATUS_REMOVED:
+            return False
+        self._detach_path(path)
+        connection.execute(
+            "UPDATE videos SET status = ?, duplicate_of = NULL, updated_at = ? WHERE path = ?",
+            (STATUS_REMOVED, utc_now(), path),
+        )
+        return True
+
+    def _write_without_segments(
+        self,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        content_hash: str | None,
+        status: str,
+        duplicate_of: int | None,
+        failure_kind: str | None,
+        failure_reason: str | None,
+        probe: ProbeFields | None,
+    ) -> int:
+        connection = self._require_writable()
+        probe = probe or ProbeFields()
+        video_id = self._detach_path(path)
+        values = (
+            size, mtime_ns, content_hash, probe.duration, probe.fps, probe.frame_count,
+            probe.width, probe.height, probe.codec, probe.rotation, status, duplicate_of,
+            failure_kind, failure_reason, utc_now(),
+        )
+        columns = (
+            "size, mtime_ns, content_hash, duration, fps, frame_count, width, height, codec, "
+            "rotation, status, duplicate_of, failure_kind, failure_reason, updated_at"
+        )
+        if video_id is None:
+            cursor = connection.execute(
+                f"INSERT INTO videos({columns}, path) VALUES ({','.join('?' * 16)})",
+                (*values, path),
+            )
+            return int(cursor.lastrowid)
+        assignments = ", ".join(f"{name.strip()} = ?" for name in columns.split(","))
+        connection.execute(f"UPDATE videos SET {assignments} WHERE id = ?", (*values, video_id))
+        return video_id
+
+    def _detach_path(self, path: str) -> int | None:
+        """Free a path's row for new content and return its id (None when the path is new).
+
+        The path's old segments are deleted, unless a duplicate of its content exists under
+        another path: then that duplicate's row takes over the old content and segments.
+        """
+        connection = self._require_writable()
+        row = connection.execute(
+            f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE path = ?", (path,)
+        ).fetchone()
+        if row is None:
+            return None
+        video_id = int(row["id"])
+        if row["status"] != STATUS_INDEXED:
+            return video_id
+        heir = connection.execute(
+            "SELECT id, path, size, mtime_ns FROM videos WHERE duplicate_of = ? AND status = ? "
+            "ORDER BY path LIMIT 1",
+            (video_id, STATUS_DUPLICATE),
+        ).fetchone()
+        if heir is None:
+            connection.execute("DELETE FROM segments WHERE video_id = ?", (video_id,))
+            return video_id
+
+        # Swap paths so that the heir's row becomes the indexed one, keeping the segments on
+        # the old row id; the heir's former row (now under `path`) is returned for reuse.
+        heir_id = int(heir["id"])
+        connection.execute("UPDATE videos SET path = ? WHERE id = ?", (f"//moving/{path}", video_id))
+        connection.execute("UPDATE videos SET path = ? WHERE id = ?", (path, heir_id))
+        connection.execute(
+            "UPDATE videos SET path = ?, size = ?, mtime_ns = ?, updated_at = ? WHERE id = ?",
+            (heir["path"], heir["size"], heir["mtime_ns"], utc_now(), video_id),
+        )
+        connection.execute(
+            "UPDATE videos SET duplicate_of = NULL, status = ? WHERE id = ?",
+            (STATUS_REMOVED, heir_id),
+        )
+        logger.info("content of %s is now listed under its duplicate %s", path, heir["path"])
+        return heir_id
+
+    def record_snapshot(self, snapshot_id: str, vector_count: int, index_type: str) -> None:
+        """Record a snapshot's vector count before it is published."""
+        self._require_writable().execute(
+            "INSERT INTO snapshots(id, vector_count, index_type, created_at) VALUES (?, ?, ?, ?)",
+            (snapshot_id, int(vector_count), index_type, utc_now()),
+        )
+
+    def forget_snapshots(self, snapshot_ids: Iterable[str]) -> None:
+        """Delete the records of garbage-collected snapshots."""
+        self._require_writable().executemany(
+            "DELETE FROM snapshots WHERE id = ?", [(s,) for s in snapshot_ids]
+        )
+
+    def start_run(self, record: dict[str, Any]) -> int:
+        """Insert a run record with status ``running`` and return its id."""
+        cursor = self._require_writable().execute(
+            "INSERT INTO runs(started_at, status, record) VALUES (?, 'running', ?)",
+            (utc_now(), json.dumps(record, sort_keys=True)),
+        )
+        return int(cursor.lastrowid)
+
+    def finish_run(self, run_id: int, status: str, record: dict[str, Any]) -> None:
+        """Store a run's final status and record (counts, stage timings, index type, recall)."""
+        self._require_writable().execute(
+            "UPDATE runs SET finished_at = ?, status = ?, record = ? WHERE id = ?",
+            (utc_now(), status, json.dumps(record, sort_keys=True), run_id),
+        )
+
+
+def _segment_from_row(row: sqlite3.Row) -> SegmentRecord:
+    return SegmentRecord(
+        vector_id=int(row["id"]),
+        video_id=int(row["video_id"]),
+        segment_index=int(row["segment_index"]),
+        start_s=float(row["start_s"]),
+        end_s=float(row["end_s"]),
+        path=str(row["path"]),
+    )
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
