@@ -1,0 +1,101 @@
+"""Loading of the open_clip backbone (image and text towers) by name and weights source."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import open_clip
+import torch
+
+from shared.model.errors import BackboneUnavailableError, UnknownModelError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+# Small architectures registered with open_clip for tests, the demo and the synthetic benchmark.
+TINY_MODELS = tuple(sorted(path.stem for path in CONFIG_DIR.glob("*.json")))
+
+_registered = False
+
+
+def register_model_configs() -> None:
+    """Register this package's small open_clip architectures once per process."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def default_cache_dir() -> str:
+    """Return the folder open_clip downloads pretrained weights into (the Hugging Face hub cache)."""
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - huggingface_hub ships with open_clip
+        return os.path.expanduser("~/.cache/huggingface/hub")
+
+
+def create_backbone(
+    model_name: str,
+    pretrained: str | None = None,
+    cache_dir: str | None = None,
+) -> torch.nn.Module:
+    """Build an open_clip CLIP model with random weights, a pretrained tag or a local weights file.
+
+    `pretrained` is either None (random initialisation), a path to a local weights file
+    (`.safetensors`, or a torch checkpoint read with `weights_only=True`), or a pretrained tag
+    that open_clip downloads once into `cache_dir`.
+    """
+    register_model_configs()
+    known = open_clip.list_models()
+    if model_name not in known:
+        tiny = ", ".join(TINY_MODELS)
+        raise UnknownModelError(
+            f"unknown model {model_name!r}: expected an open_clip architecture such as ViT-B-32 "
+            f"or one of this product's small configurations ({tiny}); "
+            "`python -c 'import open_clip; print(open_clip.list_models())'` lists them all"
+        )
+
+    if pretrained is None:
+        logger.info("building %s with random weights", model_name)
+        return open_clip.create_model(model_name, pretrained=None)
+
+    weights_path = Path(pretrained).expanduser()
+    if weights_path.is_file():
+        logger.info("building %s from local weights %s", model_name, weights_path)
+        try:
+            return open_clip.create_model(model_name, pretrained=str(weights_path))
+        except (RuntimeError, KeyError, ValueError, OSError) as error:
+            raise BackboneUnavailableError(
+                f"cannot load weights file {weights_path} into {model_name}: {error}; "
+                "check that the file was saved for this architecture"
+            ) from error
+    if pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.sep in pretrained:
+        raise BackboneUnavailableError(
+            f"weights file {pretrained} not found; pass an existing file, or a pretrained tag "
+            f"such as 'openai' for {model_name}"
+        )
+
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained not in tags:
+        listed = ", ".join(tags) if tags else "none"
+        raise BackboneUnavailableError(
+            f"unknown pretrained tag {pretrained!r} for {model_name}; known tags: {listed}"
+        )
+
+    cache = cache_dir or default_cache_dir()
+    logger.info("building %s with pretrained weights %r (cache %s)", model_name, pretrained, cache)
+    try:
+        return open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir)
+    except Exception as error:  # noqa: BLE001 - hub, network and file errors have no common base
+        raise BackboneUnavailableError(
+            f"cannot load pretrained weights {model_name!r} / {pretrained!r}: they are not in the "
+            f"cache folder {cache} and could not be downloaded ({type(error).__name__}: {error}). "
+            "Either download the weights file on a machine with internet access and pass its path "
+            f"(--pretrained /path/to/open_clip_model.safetensors), or try the pipeline offline with "
+            f"a small configuration (--model {TINY_MODELS[0]} without --pretrained, or a trained "
+            "--checkpoint)"
+        ) from error
