@@ -1,0 +1,1 @@
+"""HTTP routes of the search service; each route validates, calls a service and returns."""

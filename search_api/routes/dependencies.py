@@ -1,0 +1,45 @@
+"""FastAPI dependencies shared by the routes: the loaded services and the API key check."""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from search_api.state import Services
+
+_bearer = HTTPBearer(auto_error=False, description="The API key set in PIG_API_KEY.")
+
+
+def get_services(request: Request) -> Services:
+    """Return the loaded services, or answer 503 while the service starts or stops."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None or not services.ready:
+        raise HTTPException(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="the search service is not ready: the model or the index is still loading",
+        )
+    return services
+
+
+def require_api_key(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+) -> None:
+    """Answer 401 unless the request carries the configured bearer token (when one is set)."""
+    settings = getattr(request.app.state, "settings", None)
+    if settings is None or settings.api_key is None:
+        return
+    expected = settings.api_key.get_secret_value().encode("utf-8")
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        detail = "missing API key; send it as 'Authorization: Bearer <key>'"
+    elif not secrets.compare_digest(credentials.credentials.encode("utf-8"), expected):
+        detail = "invalid API key"
+    else:
+        return
+    raise HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=detail,
+        headers={"WWW-Authenticate": 'Bearer realm="pig-search"'},
+    )

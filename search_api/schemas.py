@@ -1,0 +1,95 @@
+"""Request and response bodies of the search service.
+
+Limits that come from the settings (maximum ``top_k``, offset and query length) are checked
+by ``search_api.services.search.validate_search_request``, because a static schema cannot
+read them; the schema checks types and the fixed lower bounds.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SearchRequest(BaseModel):
+    """Body of ``POST /search``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(description="Text to search for; must not be blank.")
+    top_k: int = Field(default=10, description="Number of videos to return (1 to max_top_k).")
+    offset: int = Field(default=0, description="Number of ranked videos to skip, for paging.")
+    min_score: float | None = Field(
+        default=None, description="Drop videos whose best segment scores below this cosine."
+    )
+    path_prefix: str | None = Field(
+        default=None, description="Keep only videos whose catalogued path starts with this."
+    )
+
+
+class SearchHit(BaseModel):
+    """One video of a search response, with its best-scoring segment."""
+
+    video_id: int
+    path: str
+    score: float = Field(description="Cosine similarity of the query and the best segment.")
+    rank: int = Field(description="1-based rank over all results, offset included.")
+    start_s: float = Field(description="Start of the best segment, in seconds.")
+    end_s: float = Field(description="End of the best segment, in seconds.")
+    duration_s: float | None = Field(description="Duration of the whole video, in seconds.")
+    thumbnail_url: str
+    file_url: str
+
+
+class IndexVersion(BaseModel):
+    """Identity of the index snapshot and model that served a response."""
+
+    snapshot_id: str | None
+    model_fingerprint: str
+
+
+class SearchResponse(BaseModel):
+    """Body returned by ``POST /search``."""
+
+    results: list[SearchHit]
+    total_videos: int = Field(description="Number of indexed videos in the served snapshot.")
+    index: IndexVersion
+    query_truncated: bool = Field(
+        description="True when the query was longer than the text context and was cut."
+    )
+    took_ms: float
+
+
+class SegmentInfo(BaseModel):
+    """One indexed segment of a video."""
+
+    segment_index: int = Field(description="0-based position of the segment in its video.")
+    vector_id: int
+    start_s: float
+    end_s: float
+
+
+class VideoDetail(BaseModel):
+    """Body returned by ``GET /videos/{video_id}``."""
+
+    video_id: int
+    path: str
+    status: str
+    duration_s: float | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    codec: str | None = None
+    size_bytes: int
+    segments: list[SegmentInfo]
+    thumbnail_url: str
+    file_url: str
+
+
+class HealthStatus(BaseModel):
+    """Body of ``/healthz`` and ``/readyz``."""
+
+    status: str
+    snapshot_id: str | None = None
+    vector_count: int | None = None
+    model_fingerprint: str | None = None
+    detail: str | None = None

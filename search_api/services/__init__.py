@@ -1,0 +1,1 @@
+"""Request-independent work of the search service: encoding, search, index and media."""

@@ -1,0 +1,67 @@
+"""Service-side records of catalog rows, with the fields the API returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.index_store import Catalog
+from shared.index_store import SegmentRecord as StoredSegment
+from shared.index_store import VideoRecord as StoredVideo
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """One indexed segment: its vector id, its video and its time range in seconds."""
+
+    vector_id: int
+    video_id: int
+    segment_index: int
+    start_s: float
+    end_s: float
+
+    @classmethod
+    def from_store(cls, row: StoredSegment) -> "SegmentRecord":
+        return cls(
+            vector_id=int(row.vector_id),
+            video_id=int(row.video_id),
+            segment_index=int(row.segment_index),
+            start_s=float(row.start_s),
+            end_s=float(row.end_s),
+        )
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One catalogued video with the metadata the API returns."""
+
+    video_id: int
+    path: str
+    status: str
+    duration_s: float | None
+    width: int | None
+    height: int | None
+    fps: float | None
+    codec: str | None
+    size_bytes: int
+
+    @classmethod
+    def from_store(cls, row: StoredVideo | None) -> "VideoRecord | None":
+        if row is None:
+            return None
+        return cls(
+            video_id=int(row.id),
+            path=row.path,
+            status=row.status,
+            duration_s=row.probe.duration,
+            width=row.probe.width,
+            height=row.probe.height,
+            fps=row.probe.fps,
+            codec=row.probe.codec,
+            size_bytes=int(row.size),
+        )
+
+
+def segments_by_vector_id(catalog: Catalog, vector_ids: list[int]) -> dict[int, SegmentRecord]:
+    """Map vector ids to their segments; ids without a catalog row are left out."""
+    rows = catalog.segments_for_vector_ids(vector_ids)
+    return {vector_id: SegmentRecord.from_store(row) for vector_id, row in rows.items()}

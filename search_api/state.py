@@ -1,0 +1,115 @@
+"""Start-up and shutdown of the service's model, index and worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from shared.model import load_checkpoint, model_fingerprint
+
+from search_api.metrics import ServiceMetrics
+from search_api.services.encoder import QueryEncoder
+from search_api.services.index import IndexService
+from search_api.services.media import MediaService
+from search_api.services.search import SearchService
+from search_api.settings import ApiSettings
+
+logger = logging.getLogger(__name__)
+
+WARM_UP_QUERY = "a person walking a dog in a park"
+
+
+@dataclass
+class Services:
+    """Everything a request needs, created in the lifespan and kept on ``app.state``."""
+
+    settings: ApiSettings
+    model_name: str
+    model_fingerprint: str
+    encoder: QueryEncoder
+    index: IndexService
+    search: SearchService
+    media: MediaService
+    ready: bool = False
+    stopping: bool = field(default=False)
+
+
+async def start_services(settings: ApiSettings, metrics: ServiceMetrics) -> Services:
+    """Load the model and the index, start the worker threads and encode one real query."""
+    torch.set_num_threads(settings.torch_threads)
+
+    # The model is loaded on the encoding thread that later runs every forward pass.
+    encode_executor = QueryEncoder.create_executor(settings.torch_threads)
+    loop = asyncio.get_running_loop()
+    model = await loop.run_in_executor(
+        encode_executor, lambda: load_checkpoint(settings.model_dir, device=settings.device)
+    )
+    model.eval()
+    fingerprint = model_fingerprint(model)
+    model_name = model.config.model_name
+    logger.info(
+        "loaded model %s (fingerprint %s, head %s, D=%d) from %s on %s with %d torch threads",
+        model_name,
+        fingerprint,
+        model.config.head,
+        model.config.embed_dim,
+        settings.model_dir,
+        settings.device,
+        settings.torch_threads,
+    )
+
+    encoder = QueryEncoder(
+        model,
+        fingerprint,
+        executor=encode_executor,
+        max_batch_size=settings.max_batch_size,
+        batch_wait_ms=settings.batch_wait_ms,
+        cache_size=settings.cache_size,
+        metrics=metrics,
+    )
+    index = IndexService(settings.index_dir, fingerprint, settings.reload_interval_s, metrics)
+    search = SearchService(settings, encoder, index, metrics)
+    media = MediaService(index, settings.thumbnail_size)
+    services = Services(
+        settings=settings,
+        model_name=model_name,
+        model_fingerprint=fingerprint,
+        encoder=encoder,
+        index=index,
+        search=search,
+        media=media,
+    )
+    try:
+        await index.open()
+        view = index.view
+        logger.info(
+            "loaded index %s: snapshot %s, %d vectors, %d videos",
+            settings.index_dir,
+            view.snapshot_id,
+            view.vector_count,
+            view.total_videos,
+        )
+        encoder.start()
+        search.start()
+        # Readiness means a real query went through the encoder, not only that weights loaded.
+        await encoder.encode(WARM_UP_QUERY)
+    except BaseException:
+        await stop_services(services)
+        raise
+    index.start_reload_loop()
+    services.ready = True
+    return services
+
+
+async def stop_services(services: Services) -> None:
+    """Stop the reload loop and the worker threads; queued requests fail with 503."""
+    services.ready = False
+    services.stopping = True
+    await services.search.stop()
+    await services.encoder.stop()
+    services.media.close()
+    await services.index.close()
+    logger.info("search service stopped")
