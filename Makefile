@@ -22,7 +22,7 @@ system-deps:
 		else echo "ffmpeg is missing: install it (sudo apt-get install ffmpeg) and rerun" >&2; exit 1; fi; }
 
 demo: install
-	$(PY) -m training.demo --workdir $(DEMO_DIR)
+	$(PY) scripts/demo.py --workdir $(DEMO_DIR)
 
 test: install
 	$(PY) -m pytest
