@@ -536,6 +536,13 @@ class Catalog:
             path, size, mtime_ns, content_hash, STATUS_DUPLICATE, duplicate_of, None, None, None
         )
 
+    def update_file_stat(self, path: str, size: int, mtime_ns: int) -> None:
+        """Store a new size and mtime for a path whose content hash did not change."""
+        self._require_writable().execute(
+            "UPDATE videos SET size = ?, mtime_ns = ?, updated_at = ? WHERE path = ?",
+            (size, mtime_ns, utc_now(), path),
+        )
+
     def mark_removed(self, path: str) -> bool:
         """Drop a video's segments and mark it removed; return False when the path is unknown.
 

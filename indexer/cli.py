@@ -1,0 +1,344 @@
+"""Command-line interface: ``indexer ingest | status | verify | remove``.
+
+Exit status: 0 when the command completed (an ingest that recorded failed files included),
+1 when nothing could be done (no such path, the model cannot load, a different model built the
+index, another writer holds the index, verification found problems), 2 for invalid options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from indexer.settings import IndexerSettings
+from indexer.stats import RunStats
+from shared.index_store import (
+    CATALOG_FILE,
+    Catalog,
+    CatalogError,
+    IndexLockedError,
+    IndexStoreError,
+    ModelMismatchError,
+    SnapshotCorruptError,
+    SnapshotNotFoundError,
+    WriterLock,
+    load_snapshot,
+    publish_snapshot,
+    read_current_snapshot_id,
+)
+
+logger = logging.getLogger("indexer")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+# Options of `ingest` that map to IndexerSettings fields, with their argparse types.
+_SETTING_TYPES: dict[str, Any] = {
+    "index_dir": Path,
+    "checkpoint": Path,
+    "model": str,
+    "pretrained": str,
+    "head": str,
+    "device": str,
+    "precision": str,
+    "frames": int,
+    "segment_seconds": float,
+    "workers": int,
+    "batch_size": int,
+    "decode_timeout": float,
+    "snapshot_every": int,
+    "index_type": str,
+    "approx_threshold": int,
+    "memory_budget_gb": float,
+    "keep_snapshots": int,
+}
+_CHOICES = {
+    "head": ["pig", "meanp"],
+    "device": ["auto", "cuda", "cpu"],
+    "precision": ["auto", "fp32", "bf16", "fp16"],
+    "index_type": ["auto", "flat", "hnsw", "ivfpq"],
+}
+_METAVARS = {"index_dir": "DIR", "checkpoint": "DIR", "model": "NAME", "pretrained": "TAG|FILE"}
+
+
+def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
+    field = IndexerSettings.model_fields[name]
+    env = f"PIG_{name.upper()}"
+    default = field.get_default(call_default_factory=True)
+    shown = "" if default is None else f"; default {default}"
+    parser.add_argument(
+        f"--{name.replace('_', '-')}",
+        dest=name,
+        type=_SETTING_TYPES[name],
+        choices=_CHOICES.get(name),
+        metavar=_METAVARS.get(name, name.upper()) if name not in _CHOICES else None,
+        default=None,
+        help=f"{field.description} (env {env}{shown})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``indexer`` command."""
+    parser = argparse.ArgumentParser(
+        prog="indexer",
+        description="Index a folder of videos for text-to-video search with a PIG model.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ingest = commands.add_parser(
+        "ingest",
+        help="index the videos under PATH (files or folders, recursively)",
+        description="Discover, decode, encode and store the videos under each PATH; re-running "
+        "skips unchanged files and resumes after an interruption.",
+    )
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="video file or folder")
+    for name in IndexerSettings.model_fields:
+        _add_setting(ingest, name)
+    ingest.add_argument("--prune", action="store_true",
+                        help="drop the vectors of catalog files under PATH that no longer exist")
+    ingest.add_argument("--rebuild", action="store_true",
+                        help="drop every vector in the index and re-index with the given model")
+    ingest.add_argument("--retry-failed", action="store_true",
+                        help="decode files that failed in an earlier run even if unchanged")
+    ingest.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    for name, text in (
+        ("status", "print counts, the current snapshot and every failed file with its reason"),
+        ("verify", "check that the snapshot and the catalog agree; exit 1 on any problem"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        _add_setting(sub, "index_dir")
+
+    remove = commands.add_parser(
+        "remove",
+        help="drop the vectors of PATH (a file, or every file under a folder)",
+        description="Mark PATH as removed in the catalog and publish a snapshot without its "
+        "vectors; the file itself is not touched.",
+    )
+    remove.add_argument("paths", nargs="+", metavar="PATH", help="video file or folder")
+    _add_setting(remove, "index_dir")
+    _add_setting(remove, "keep_snapshots")
+    return parser
+
+
+def _settings_from(args: argparse.Namespace) -> IndexerSettings:
+    values = {
+        name: getattr(args, name)
+        for name in IndexerSettings.model_fields
+        if getattr(args, name, None) is not None
+    }
+    return IndexerSettings(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``indexer`` command and return its exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = _settings_from(args)
+    except ValidationError as error:
+        print(f"indexer: invalid settings:\n{error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    command = {"ingest": _ingest, "status": _status, "verify": _verify, "remove": _remove}[args.command]
+    return command(settings, args)
+
+
+def _ingest(settings: IndexerSettings, args: argparse.Namespace) -> int:
+    from indexer.pipeline import IngestError, IngestOptions, run_ingest
+    from shared.device import DeviceUnavailableError
+    from shared.model.errors import ModelError
+
+    options = IngestOptions(
+        prune=args.prune,
+        rebuild=args.rebuild,
+        retry_failed=args.retry_failed,
+        progress=not args.no_progress,
+    )
+    try:
+        stats = run_ingest(settings, args.paths, options)
+    except ModelMismatchError as error:
+        print(f"indexer: model mismatch: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (IngestError, IndexLockedError, CatalogError, DeviceUnavailableError, ModelError) as error:
+        print(f"indexer: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ValueError as error:
+        # load_model raises ValueError for invalid model arguments.
+        print(f"indexer: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(format_summary(stats))
+    return EXIT_OK
+
+
+def format_summary(stats: RunStats) -> str:
+    """Return the closing summary of an ingest run."""
+    lines = [
+        f"indexed {stats.indexed} videos ({stats.segments_written} segments), "
+        f"skipped {stats.skipped_unchanged} unchanged, {stats.duplicates} duplicates, "
+        f"removed {stats.removed}, failed {stats.failed}",
+    ]
+    if stats.failed_by_kind:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(stats.failed_by_kind.items()))
+        lines.append(f"failed by kind: {kinds} (see `indexer status` for each file)")
+    for path in stats.missing_paths:
+        lines.append(f"not found: {path}")
+
+    lines.append(f"{'stage':<11}{'busy s':>9}{'videos':>8}{'videos/s':>10}{'frames':>9}{'frames/s':>10}")
+    for name, stage in stats.stages.items():
+        rates = stage.throughput()
+        lines.append(
+            f"{name:<11}{stage.seconds:>9.2f}{stage.videos:>8}{_fmt(rates['videos_per_s']):>10}"
+            f"{stage.frames:>9}{_fmt(rates['frames_per_s']):>10}"
+        )
+    record = stats.to_record()
+    lines.append(
+        f"decode+encode+write wall time {stats.pipeline_seconds:.2f} s: "
+        f"{_fmt(record['pipeline_videos_per_s'])} videos/s, {_fmt(record['pipeline_frames_per_s'])} frames/s; "
+        f"total {stats.wall_seconds:.2f} s"
+    )
+    if stats.decode_restarts:
+        lines.append(f"decode workers restarted: {stats.decode_restarts}")
+    if stats.snapshot_id:
+        index = f", {stats.index_type} index" if stats.index_type else ""
+        recall = f", recall@10 {stats.recall_at_10:.3f}" if stats.recall_at_10 is not None else ""
+        lines.append(f"snapshot {stats.snapshot_id}: {stats.vector_count} vectors{index}{recall}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _open_catalog(settings: IndexerSettings) -> Catalog | None:
+    try:
+        return Catalog(settings.index_dir / CATALOG_FILE, read_only=True)
+    except CatalogError as error:
+        print(f"indexer: {error}", file=sys.stderr)
+        return None
+
+
+def _status(settings: IndexerSettings, args: argparse.Namespace) -> int:
+    catalog = _open_catalog(settings)
+    if catalog is None:
+        return EXIT_FAILURE
+    with catalog:
+        counts = catalog.count_by_status()
+        print(f"index directory: {settings.index_dir.resolve()}")
+        print(f"model fingerprint: {catalog.model_fingerprint() or '-'}")
+        print(
+            "videos: "
+            + ", ".join(f"{status} {counts.get(status, 0)}" for status in ("indexed", "duplicate", "failed", "removed"))
+        )
+        print(f"segments in catalog: {catalog.count_segments()}")
+        current = read_current_snapshot_id(settings.index_dir)
+        if current is None:
+            print("current snapshot: none published")
+        else:
+            print(f"current snapshot: {current} ({catalog.snapshot_vector_count(current)} vectors)")
+        if WriterLock(settings.index_dir).is_held_by_other():
+            print("a writer is running on this index now")
+        runs = catalog.list_runs(limit=1)
+        if runs:
+            run = runs[0]
+            print(
+                f"last run: {run['status']}, started {run['started_at']}, indexed {run.get('indexed', 0)}, "
+                f"failed {run.get('failed', 0)}"
+            )
+        failed = catalog.list_videos(status="failed")
+        if failed:
+            print(f"failed files ({len(failed)}):")
+            for video in failed:
+                print(f"  {video.path}\t{video.failure_kind}: {video.failure_reason}")
+    return EXIT_OK
+
+
+def _verify(settings: IndexerSettings, args: argparse.Namespace) -> int:
+    catalog = _open_catalog(settings)
+    if catalog is None:
+        return EXIT_FAILURE
+    problems: list[str] = []
+    with catalog:
+        integrity = catalog.integrity_check()
+        if integrity != ["ok"]:
+            problems.append(f"SQLite integrity check failed: {'; '.join(integrity[:5])}")
+        try:
+            snapshot = load_snapshot(settings.index_dir, fallback=False)
+        except (SnapshotNotFoundError, SnapshotCorruptError) as error:
+            problems.append(str(error))
+            snapshot = None
+        if snapshot is not None:
+            catalog_ids = set(catalog.segment_ids().tolist())
+            import faiss
+
+            snapshot_ids = set(faiss.vector_to_array(snapshot.index.id_map).tolist())
+            if snapshot_ids != catalog_ids:
+                problems.append(
+                    f"snapshot {snapshot.snapshot_id} has {len(snapshot_ids)} vectors, the catalog "
+                    f"{len(catalog_ids)} segments ({len(catalog_ids - snapshot_ids)} not in the snapshot, "
+                    f"{len(snapshot_ids - catalog_ids)} no longer in the catalog); run `indexer ingest` "
+                    f"again to publish a current snapshot"
+                )
+            if snapshot.model_fingerprint != catalog.model_fingerprint():
+                problems.append(
+                    f"snapshot model fingerprint {snapshot.model_fingerprint} differs from the "
+                    f"catalog's {catalog.model_fingerprint()}"
+                )
+            print(f"snapshot {snapshot.snapshot_id}: {snapshot.vector_count} vectors, checksum ok")
+        for video in catalog.list_videos(status="indexed"):
+            if not catalog.list_segments(video.id):
+                problems.append(f"indexed video {video.path} has no segments")
+    if WriterLock(settings.index_dir).is_held_by_other():
+        problems.append("a writer is running; counts may change until it finishes")
+    for problem in problems:
+        print(f"problem: {problem}")
+    if problems:
+        return EXIT_FAILURE
+    print("ok: catalog and snapshot agree")
+    return EXIT_OK
+
+
+def _remove(settings: IndexerSettings, args: argparse.Namespace) -> int:
+    catalog_path = settings.index_dir / CATALOG_FILE
+    if not catalog_path.is_file():
+        print(f"indexer: catalog {catalog_path} not found; nothing to remove", file=sys.stderr)
+        return EXIT_FAILURE
+    targets = [os.path.realpath(p) for p in args.paths]
+    removed: list[str] = []
+    try:
+        with WriterLock(settings.index_dir):
+            with Catalog(catalog_path, read_only=False) as catalog:
+                with catalog.transaction():
+                    for video in catalog.list_videos():
+                        if video.status == "removed":
+                            continue
+                        if any(video.path == t or video.path.startswith(t.rstrip(os.sep) + os.sep) for t in targets):
+                            catalog.mark_removed(video.path)
+                            removed.append(video.path)
+                if removed:
+                    manifest = publish_snapshot(settings.index_dir, catalog, keep=settings.keep_snapshots)
+    except IndexStoreError as error:
+        print(f"indexer: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not removed:
+        print(f"indexer: no indexed file matches {', '.join(args.paths)}", file=sys.stderr)
+        return EXIT_FAILURE
+    for path in removed:
+        print(f"removed {path}")
+    print(f"snapshot {manifest.snapshot_id}: {manifest.vector_count} vectors")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

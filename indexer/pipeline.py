@@ -1,0 +1,454 @@
+"""The ingest run: discover, plan, decode, encode and write, then publish a snapshot.
+
+Decoding (worker processes), encoding (a background thread) and writing (the main thread)
+overlap. The unit of durability is one video: its catalog row and all its segment vectors are
+committed in the same SQLite transaction (several videos per transaction), so a run killed at
+any moment leaves each video either fully indexed or untouched, and the next run finishes the
+rest. Snapshots are rebuilt from the catalog, so they always match it once published.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from indexer.decode import DecodeEvent, DecodeJob, DecodePool
+from indexer.discover import discover
+from indexer.encode import EncodeBatch, EncoderThread
+from indexer.plan import Plan, PlannedFile, plan_files
+from indexer.settings import IndexerSettings
+from indexer.stats import RunStats
+from shared.index_store import (
+    CATALOG_FILE,
+    MODEL_DIR,
+    Catalog,
+    IndexPolicy,
+    ModelMismatchError,
+    ProbeFields,
+    SegmentToWrite,
+    WriterLock,
+    publish_snapshot,
+    read_current_snapshot_id,
+)
+
+logger = logging.getLogger(__name__)
+
+# Segments the main thread buffers between the decoders and the encoder, in encode batches.
+BUFFER_BATCHES = 4
+POLL_SECONDS = 0.05
+
+
+class IngestError(Exception):
+    """Nothing could be done: no such path, the model cannot load, or the index is unusable."""
+
+
+@dataclass
+class IngestOptions:
+    """Per-run switches of ``indexer ingest`` that are not settings."""
+
+    prune: bool = False  # mark catalog files under the ingest paths that no longer exist as removed
+    rebuild: bool = False  # drop every vector and re-index everything (after a model change)
+    retry_failed: bool = False  # decode files that failed before even if they did not change
+    progress: bool = True  # show a progress bar (only on a terminal)
+
+
+def load_indexer_model(settings: IndexerSettings) -> Any:
+    """Load the model named by the settings, defaulting to the index's own model copy."""
+    from shared.model import load_model
+
+    checkpoint = settings.checkpoint
+    model_copy = settings.index_dir / MODEL_DIR
+    if checkpoint is None and settings.model is None:
+        if not (model_copy / "config.json").is_file():
+            raise IngestError(
+                f"no model given and {model_copy} does not exist; pass --checkpoint DIR or "
+                f"--model NAME (for example --model ViT-B-32 --pretrained openai)"
+            )
+        checkpoint = model_copy
+    if checkpoint is not None:
+        return load_model(
+            checkpoint=str(checkpoint),
+            device=settings.device,
+            precision=settings.precision,
+            num_frames=settings.frames,
+        )
+    return load_model(
+        model_name=settings.model,
+        pretrained=settings.pretrained,
+        head=settings.head,
+        device=settings.device,
+        precision=settings.precision,
+        num_frames=settings.frames,
+    )
+
+
+def _save_model_copy(model: Any, index_dir: Path) -> None:
+    """Save ``model`` as ``INDEX_DIR/model``, replacing an older copy in one rename."""
+    from shared.model.checkpoint import save_checkpoint
+
+    target = index_dir / MODEL_DIR
+    staging = index_dir / f".{MODEL_DIR}-{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_checkpoint(model, staging, provenance={"saved_by": "indexer ingest"})
+    if target.exists():
+        old = index_dir / f".{MODEL_DIR}-{os.getpid()}.old"
+        os.rename(target, old)
+        os.rename(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, target)
+
+
+def guard_model(catalog: Catalog, model: Any, index_dir: Path, rebuild: bool) -> str:
+    """Check the model against the index's fingerprint, or record it on first use.
+
+    Raises ``ModelMismatchError`` for a different model unless ``rebuild`` is set, in which case
+    every video and vector is dropped first. Returns the model fingerprint.
+    """
+    from shared.model.checkpoint import model_fingerprint
+
+    fingerprint = model_fingerprint(model)
+    stored = catalog.model_fingerprint()
+    if stored is not None and stored != fingerprint and not rebuild:
+        raise ModelMismatchError(stored, fingerprint, str(index_dir))
+    if rebuild and stored is not None:
+        logger.warning("rebuilding %s: dropping every vector of model %s", index_dir, stored)
+        catalog.clear_all()
+    if stored != fingerprint or rebuild:
+        _save_model_copy(model, index_dir)
+        catalog.set_model(fingerprint, model.config.to_dict(), int(model.config.embed_dim))
+    elif not (index_dir / MODEL_DIR / "config.json").is_file():
+        _save_model_copy(model, index_dir)
+    return fingerprint
+
+
+@dataclass
+class _VideoState:
+    planned: PlannedFile  # the file and its content hash
+    probe: dict[str, Any] | None = None  # probe fields from the worker
+    bounds: list[tuple[float, float]] | None = None  # segment (start_s, end_s)
+    vectors: dict[int, np.ndarray] = field(default_factory=dict)  # segment index -> [D]
+    decoded_all: bool = False  # the worker sent "done"
+    error_kind: str | None = None  # set when the file failed
+    reason: str | None = None  # one-line failure reason
+
+    def complete(self) -> bool:
+        return self.decoded_all and self.bounds is not None and len(self.vectors) == len(self.bounds)
+
+
+class _IngestLoop:
+    """The overlapped decode -> encode -> write loop over the planned files."""
+
+    def __init__(
+        self,
+        settings: IndexerSettings,
+        model: Any,
+        catalog: Catalog,
+        stats: RunStats,
+        progress: tqdm,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.catalog = catalog
+        self.stats = stats
+        self.progress = progress
+        self.num_frames = int(model.config.num_frames)
+        self.image_size = int(model.config.image_size)
+        self.states: dict[int, _VideoState] = {}
+        self.buffer: deque[tuple[tuple[int, int], np.ndarray]] = deque()  # ((task, segment), [T, S, S, 3])
+        self.ready: list[_VideoState] = []
+        self.batches_since_snapshot = 0
+        self.failed_paths: dict[str, tuple[str, str]] = {}  # path -> (kind, reason)
+
+    def run(self, files: list[PlannedFile]) -> None:
+        queue = deque(enumerate(files))
+        batch_size = self.settings.batch_size
+        max_buffer = batch_size * BUFFER_BATCHES
+        with DecodePool(self.settings.workers, self.settings.decode_timeout) as pool:
+            encoder = EncoderThread(self.model)
+            try:
+                while queue or self.states:
+                    while queue and pool.idle_workers and len(self.buffer) < max_buffer:
+                        task_id, planned = queue.popleft()
+                        self.states[task_id] = _VideoState(planned)
+                        pool.submit(
+                            DecodeJob(task_id, planned.file.path, self.settings.segment_seconds,
+                                      self.num_frames, self.image_size)
+                        )
+
+                    self._collect_vectors(encoder)
+                    self._write_ready()
+
+                    decoding_done = not queue and pool.busy_workers == 0
+                    while len(self.buffer) >= batch_size or (self.buffer and decoding_done):
+                        if not self._submit_batch(encoder, batch_size):
+                            break
+
+                    if pool.busy_workers and len(self.buffer) < max_buffer:
+                        for event in pool.poll(POLL_SECONDS):
+                            self._handle_event(event)
+                    elif self.states:
+                        time.sleep(POLL_SECONDS / 5)
+            finally:
+                encoder.close()
+                self._record_encoder(encoder)
+                self.stats.decode_restarts = len(pool.stats.restarts)
+                decode = self.stats.stage("decode")
+                decode.seconds += pool.stats.worker_seconds
+                decode.videos += pool.stats.files_done
+                decode.segments += pool.stats.segments
+                decode.frames += pool.stats.frames
+
+    def _record_encoder(self, encoder: EncoderThread) -> None:
+        encode = self.stats.stage("encode")
+        encode.seconds += encoder.busy_seconds
+        encode.segments += encoder.segments
+        encode.frames += encoder.frames
+
+    def _submit_batch(self, encoder: EncoderThread, batch_size: int) -> bool:
+        count = min(batch_size, len(self.buffer))
+        items = [self.buffer.popleft() for _ in range(count)]
+        batch = EncodeBatch(keys=[key for key, _ in items], frames=np.stack([f for _, f in items]))  # [B, T, S, S, 3]
+        if encoder.submit(batch, timeout_s=POLL_SECONDS):
+            return True
+        self.buffer.extendleft(reversed(items))
+        return False
+
+    def _handle_event(self, event: DecodeEvent) -> None:
+        state = self.states.get(event.task_id)
+        if state is None or state.error_kind is not None:
+            return
+        if event.kind == "info":
+            state.probe = event.probe
+            state.bounds = event.bounds
+            if not event.bounds:
+                self._fail(event.task_id, "no_segments", "the video has no duration to split into segments")
+        elif event.kind == "frames":
+            assert event.frames is not None
+            for offset in range(event.frames.shape[0]):
+                self.buffer.append(((event.task_id, event.first_segment + offset), event.frames[offset]))
+        elif event.kind == "done":
+            state.decoded_all = True
+            self._move_if_complete(event.task_id)
+        elif event.kind == "error":
+            state.probe = event.probe or state.probe
+            self._fail(event.task_id, event.error_kind or "decode_error", event.reason or "unknown error")
+
+    def _fail(self, task_id: int, kind: str, reason: str) -> None:
+        state = self.states.pop(task_id)
+        state.error_kind, state.reason = kind, reason
+        logger.info("failed to index %s (%s): %s", state.planned.file.path, kind, reason)
+        self.buffer = deque(item for item in self.buffer if item[0][0] != task_id)
+        self.ready.append(state)
+
+    def _move_if_complete(self, task_id: int) -> None:
+        state = self.states.get(task_id)
+        if state is not None and state.complete():
+            self.ready.append(self.states.pop(task_id))
+
+    def _collect_vectors(self, encoder: EncoderThread) -> None:
+        for result in encoder.results():
+            if result.error is not None:
+                raise IngestError(f"the model failed to encode a batch: {result.error}") from result.error
+            assert result.vectors is not None
+            touched = set()
+            for (task_id, segment), vector in zip(result.keys, result.vectors):
+                state = self.states.get(task_id)
+                if state is not None:
+                    state.vectors[segment] = vector
+                    touched.add(task_id)
+            for task_id in touched:
+                self._move_if_complete(task_id)
+            self.batches_since_snapshot += 1
+
+    def _write_ready(self) -> None:
+        if not self.ready:
+            return
+        with self.stats.timed("write") as write, self.catalog.transaction():
+            for state in self.ready:
+                file = state.planned.file
+                probe = ProbeFields(**state.probe) if state.probe else None
+                if state.error_kind is not None:
+                    self.catalog.write_failed(file.path, file.size, file.mtime_ns, state.planned.content_hash,
+                                              state.error_kind, state.reason or "", probe)
+                    continue
+                assert state.bounds is not None
+                segments = [
+                    SegmentToWrite(index, start_s, end_s, state.vectors[index])
+                    for index, (start_s, end_s) in enumerate(state.bounds)
+                ]
+                self.catalog.write_indexed(file.path, file.size, file.mtime_ns, state.planned.content_hash,
+                                           probe or ProbeFields(), segments)
+                write.videos += 1
+                write.segments += len(segments)
+        for state in self.ready:
+            if state.error_kind is not None:
+                self.stats.failed_by_kind[state.error_kind] += 1
+                self.failed_paths[state.planned.file.path] = (state.error_kind, state.reason or "")
+            else:
+                self.stats.indexed += 1
+                self.stats.segments_written += len(state.bounds or [])
+        self.progress.update(len(self.ready))
+        self.progress.set_postfix(failed=self.stats.failed, refresh=False)
+        self.ready = []
+
+        if self.batches_since_snapshot >= self.settings.snapshot_every:
+            self.batches_since_snapshot = 0
+            with self.stats.timed("snapshot"):
+                publish_snapshot(self.settings.index_dir, self.catalog, policy_from(self.settings),
+                                 keep=self.settings.keep_snapshots)
+
+
+def policy_from(settings: IndexerSettings) -> IndexPolicy:
+    """Return the snapshot index policy of the settings."""
+    return IndexPolicy(
+        index_type=settings.index_type,
+        approx_threshold=settings.approx_threshold,
+        memory_budget_bytes=int(settings.memory_budget_gb * 1024**3),
+    )
+
+
+def _write_plan_records(catalog: Catalog, plan: Plan, stats: RunStats) -> None:
+    """Store touched files, duplicates of indexed content and unreadable files."""
+    with stats.timed("write"), catalog.transaction():
+        for planned in plan.touched:
+            catalog.update_file_stat(planned.file.path, planned.file.size, planned.file.mtime_ns)
+        for planned in plan.duplicates:
+            if planned.duplicate_of_id is not None:
+                catalog.write_duplicate(planned.file.path, planned.file.size, planned.file.mtime_ns,
+                                        planned.content_hash or "", planned.duplicate_of_id)
+                stats.duplicates += 1
+        for planned in plan.unreadable:
+            catalog.write_failed(planned.file.path, planned.file.size, planned.file.mtime_ns, None,
+                                 "unreadable", planned.hash_error or "cannot read the file")
+            stats.failed_by_kind["unreadable"] += 1
+
+
+def _write_run_duplicates(catalog: Catalog, plan: Plan, stats: RunStats, failed: dict[str, tuple[str, str]]) -> None:
+    """Store files whose content equals another file of this run, now that it is written."""
+    pending = [p for p in plan.duplicates if p.duplicate_of_path is not None]
+    if not pending:
+        return
+    with stats.timed("write"), catalog.transaction():
+        for planned in pending:
+            file = planned.file
+            original = catalog.get_video_by_path(planned.duplicate_of_path or "")
+            if original is not None and original.status == "indexed":
+                catalog.write_duplicate(file.path, file.size, file.mtime_ns, planned.content_hash or "", original.id)
+                stats.duplicates += 1
+                continue
+            kind, reason = failed.get(planned.duplicate_of_path or "", ("not_indexed", "it was not indexed"))
+            catalog.write_failed(file.path, file.size, file.mtime_ns, planned.content_hash, kind,
+                                 f"same content as {planned.duplicate_of_path}, which failed: {reason}")
+            stats.failed_by_kind[kind] += 1
+
+
+def _prune(catalog: Catalog, roots: list[str], stats: RunStats) -> None:
+    """Mark catalog files under ``roots`` that no longer exist as removed."""
+    prefixes = [root.rstrip(os.sep) + os.sep for root in roots]
+    with stats.timed("write"), catalog.transaction():
+        for video in catalog.list_videos():
+            if video.status == "removed":
+                continue
+            under_root = video.path in roots or any(video.path.startswith(p) for p in prefixes)
+            if under_root and not os.path.exists(video.path):
+                catalog.mark_removed(video.path)
+                stats.removed += 1
+                logger.info("pruned %s: the file no longer exists", video.path)
+
+
+def run_ingest(settings: IndexerSettings, paths: list[str], options: IngestOptions) -> RunStats:
+    """Run one ingest and return its statistics.
+
+    Raises ``IngestError`` when nothing could be done, ``IndexLockedError`` when another writer
+    runs, and ``ModelMismatchError`` when the index was built by another model.
+    """
+    started = time.perf_counter()
+    stats = RunStats()
+    index_dir = settings.index_dir.resolve()
+    settings = settings.model_copy(update={"index_dir": index_dir})
+
+    with stats.timed("discover") as discover_stage:
+        found = discover(paths, exclude=[index_dir])
+        discover_stage.videos = len(found.files)
+    stats.discovered = len(found.files)
+    stats.missing_paths = found.missing
+    for missing in found.missing:
+        logger.warning("path %s does not exist; skipping it", missing)
+    if not found.roots:
+        raise IngestError(f"none of the paths exist: {', '.join(map(str, paths))}")
+
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with WriterLock(index_dir):
+        with stats.timed("model_load"):
+            model = load_indexer_model(settings)
+        catalog = Catalog(index_dir / CATALOG_FILE, read_only=False)
+        try:
+            guard_model(catalog, model, index_dir, options.rebuild)
+            run_id = catalog.start_run({"paths": [str(p) for p in paths], "settings": settings.model_dump(mode="json")})
+            status = "interrupted"
+            try:
+                _ingest_into(catalog, model, settings, found.files, found.roots, options, stats)
+                status = "completed"
+            finally:
+                stats.wall_seconds = time.perf_counter() - started
+                record = stats.to_record()
+                record["settings"] = settings.model_dump(mode="json")
+                record["paths"] = [str(p) for p in paths]
+                catalog.finish_run(run_id, status, record)
+        finally:
+            catalog.close()
+    return stats
+
+
+def _ingest_into(
+    catalog: Catalog,
+    model: Any,
+    settings: IndexerSettings,
+    files: list,
+    roots: list[str],
+    options: IngestOptions,
+    stats: RunStats,
+) -> None:
+    if options.prune:
+        _prune(catalog, roots, stats)
+
+    with stats.timed("plan") as plan_stage:
+        plan = plan_files(files, catalog, retry_failed=options.retry_failed)
+        plan_stage.videos = len(files)
+    stats.skipped_unchanged = plan.unchanged + len(plan.touched)
+    _write_plan_records(catalog, plan, stats)
+
+    show = options.progress and sys.stderr.isatty()
+    progress = tqdm(total=len(plan.to_decode), unit="video", desc="ingest", disable=not show, dynamic_ncols=True)
+    loop = _IngestLoop(settings, model, catalog, stats, progress)
+    pipeline_started = time.perf_counter()
+    try:
+        loop.run(plan.to_decode)
+    finally:
+        progress.close()
+        stats.pipeline_seconds = time.perf_counter() - pipeline_started
+    _write_run_duplicates(catalog, plan, stats, loop.failed_paths)
+
+    changed = stats.indexed or stats.removed or stats.duplicates or loop.batches_since_snapshot or options.rebuild
+    current = read_current_snapshot_id(settings.index_dir)
+    if changed or current is None or catalog.snapshot_vector_count(current) != catalog.count_segments():
+        with stats.timed("snapshot"):
+            manifest = publish_snapshot(settings.index_dir, catalog, policy_from(settings), keep=settings.keep_snapshots)
+        stats.snapshot_id = manifest.snapshot_id
+        stats.vector_count = manifest.vector_count
+        stats.index_type = manifest.index_type
+        stats.recall_at_10 = manifest.recall_at_10
+    else:
+        stats.snapshot_id = current
+        stats.vector_count = catalog.snapshot_vector_count(current)
