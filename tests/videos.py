@@ -12,7 +12,7 @@ Frames with known content come from numpy and reach ffmpeg on stdin as raw RGB:
 - ``quadrant_frame`` paints four differently coloured quadrants, so any rotation or mirror
   of the picture is visible;
 - ``index_frames`` paints frame ``i`` a uniform grey level ``index_grey(i)``, so a decoded
-  frame tells which source frame it came from (``grey_to_index`` inverts the mapping).
+  frame identifies the source frame it came from (``grey_to_index`` inverts the mapping).
 """
 
 from __future__ import annotations
@@ -355,7 +355,7 @@ def make_variable_frame_rate(directory: Path, name: str = "vfr.mkv") -> Path:
 def make_rotated(
     directory: Path, rotation: int = 90, name: str | None = None, codec: str = "libx264"
 ) -> Path:
-    """64x32 ``quadrant_frame`` video whose stream says 'rotate by ``rotation`` degrees'.
+    """64x32 ``quadrant_frame`` video whose stream carries the tag ``rotate=<rotation>``.
 
     ffmpeg 5.1 turns the legacy ``rotate`` tag into a display matrix on a stream copy; ffprobe
     then reports ``rotation=<rotation>`` in the display matrix side data, and players turn the
@@ -481,6 +481,36 @@ def make_corrupt_midstream(directory: Path, name: str = "corrupt.mkv", seed: int
     return path
 
 
+def make_corrupt_mp4(directory: Path, name: str = "corrupt_payload.mp4", seed: int = 2) -> Path:
+    """MP4 H.264 whose media data is overwritten with random bytes in its middle third.
+
+    The index stays intact, so the demuxer still finds every packet, but the decoder receives
+    damaged frame data.
+    """
+    path = encode_testsrc(directory / name, "libx264", seconds=2.0, options=("-preset", "ultrafast"))
+    data = bytearray(path.read_bytes())
+    media_start = data.find(b"mdat") + 4
+    media_end = data.find(b"moov")
+    if media_start < 4 or media_end < media_start:
+        raise RuntimeError(f"unexpected MP4 box layout in {path}")
+    third = (media_end - media_start) // 3
+    data[media_start + third : media_start + 2 * third] = np.random.default_rng(seed).bytes(third)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def make_concatenated_ts(directory: Path, name: str = "concatenated.ts") -> Path:
+    """Two 1 s MPEG-TS files joined byte by byte, so the timestamps restart in the middle."""
+    part = encode_testsrc(
+        directory / f".part_{name}", "libx264", options=("-preset", "ultrafast", "-f", "mpegts")
+    )
+    data = part.read_bytes()
+    part.unlink()
+    path = directory / name
+    path.write_bytes(data + data)
+    return path
+
+
 def make_unsupported_codec(directory: Path, name: str = "unknown_fourcc.avi") -> Path:
     """AVI whose video stream has an unknown codec tag (FourCC 'QQQQ'), so no decoder exists."""
     path = make_mjpeg(directory, name=name)
@@ -535,11 +565,13 @@ BAD_BUILDERS: dict[str, tuple[Callable[[Path], Path], str]] = {
 DAMAGED_BUILDERS: dict[str, tuple[Callable[[Path], Path], str]] = {
     "corrupt_midstream": (make_corrupt_midstream, "corrupt"),
     "truncated_faststart": (make_truncated_faststart, "truncated"),
+    "corrupt_mp4": (make_corrupt_mp4, "corrupt"),
+    "concatenated_ts": (make_concatenated_ts, "corrupt"),
 }
 
 
 def make_bad_input_folder(directory: Path) -> dict[Path, str | None]:
-    """Fill ``directory`` with every bad kind, two damaged files and a few good files.
+    """Fill ``directory`` with every bad kind, every damaged kind and a few good files.
 
     Returns a mapping from each file to the error ``kind`` expected for it: ``None`` for files
     that must be indexed, a kind string for files that must be recorded as failed. Damaged

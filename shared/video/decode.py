@@ -7,9 +7,10 @@ Two backends serve the same contract:
 - PyAV (fallback): used when decord is not installed, cannot open or decode a file, returns
   an unexpected shape, or reports timestamps that disagree with ``probe``.
 
-Both map each requested time to the frame whose presentation timestamp is nearest (ties go to
-the earlier frame), so variable-frame-rate files sample correctly and a video with fewer
-frames than requested returns repeated frames: always exactly one frame per requested time.
+Both map each requested time to the frame whose presentation timestamp is nearest, and a tie
+goes to the earlier frame. Variable-frame-rate files therefore sample correctly. A video with
+fewer frames than requested returns repeated frames, so the output always has exactly one
+frame per requested time.
 Frames are turned upright (rotation metadata), scaled so that the shorter side is ``size``
 while decoding (a 4K frame never reaches the output at 4K), then centre-cropped to
 ``size x size``. 10-bit and 4:4:4 sources are converted to 8-bit RGB.
@@ -53,12 +54,18 @@ else:
 Backend = Literal["auto", "decord", "pyav"]
 BACKENDS = ("auto", "decord", "pyav")
 
+# The PyAV backend skips packets that fail to decode (the decoder conceals the damage, as
+# players do) but raises CorruptVideoError when more than this fraction of the packets it read
+# failed, and at least MIN_FAILED_PACKETS of them, because the frames are then mostly garbage.
+MAX_FAILED_PACKET_FRACTION = 0.1
+MIN_FAILED_PACKETS = 3
+
 # PyAV seeks forward instead of decoding through the gap when the next requested time is more
 # than this many seconds after the last decoded frame.
 SEEK_GAP_S = 3.0
 
 # Containers in which decord (FFmpeg 4 inside the decord 0.6 wheel) applies the display
-# matrix itself; rotated files in other containers go to PyAV, which rotates explicitly.
+# matrix itself. Rotated files in other containers go to PyAV, which rotates explicitly.
 DECORD_ROTATION_CONTAINERS = ("mov", "mp4")
 
 # Scaling filter of the PyAV backend. Bilinear is the default of the scale filter in the
@@ -199,7 +206,7 @@ def _decode(
 
 
 class _DecordFailure(Exception):
-    """Internal: decord could not serve a file; the message says why."""
+    """Internal: decord could not serve a file, for the reason in the message."""
 
 
 def _decord_unsuitable(info: VideoInfo) -> str | None:
@@ -271,6 +278,7 @@ class _DecodeStats:
     """Counts of packets the PyAV backend could not decode."""
 
     def __init__(self) -> None:
+        self.packets = 0
         self.failed_packets = 0
         self.last_error: str | None = None
 
@@ -367,6 +375,15 @@ def _pick_frames(
         remaining = convert(previous[1], previous[2])
         for index in range(next_target, count):
             picked[index] = remaining
+    if (
+        stats.failed_packets >= MIN_FAILED_PACKETS
+        and stats.failed_packets > MAX_FAILED_PACKET_FRACTION * stats.packets
+    ):
+        raise CorruptVideoError(
+            path,
+            f"{stats.failed_packets} of {stats.packets} packets could not be decoded "
+            f"(last error: {stats.last_error})",
+        )
     if stats.failed_packets:
         logger.warning(
             "%s: %d packets could not be decoded and were skipped (last error: %s)",
@@ -390,6 +407,7 @@ def _decoded_frames(
     time_base = stream.time_base
     previous_time = -1.0 / info.fps if info.fps > 0 else -0.04
     for packet in container.demux(stream):
+        stats.packets += 1
         try:
             frames = packet.decode()
         except av.error.InvalidDataError as error:

@@ -52,7 +52,7 @@ class NotAVideoError(VideoError):
 
 
 class NoVideoStreamError(VideoError):
-    """The container opens but holds no video stream (audio only, subtitles only)."""
+    """The container opens but contains no video stream (audio only, subtitles only)."""
 
     kind = "no_video_stream"
 

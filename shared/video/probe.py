@@ -9,9 +9,9 @@ How the duration and the frame count are determined, because container headers l
 2. When the stream declares a frame count, the demuxer seeks to the declared end and reads the
    packets from there to the end of the file (no decoding). The end of the last video packet
    is the real end, so a header that is too long or too short does not matter.
-3. When no frame count is declared, when that seek fails or finds no packet, or when the
-   declared frame count disagrees with duration x frame rate by more than 10 % plus two
-   frames, every packet of the file is demuxed and the video packets are counted.
+3. Every packet of the file is demuxed and the video packets are counted in three cases: no
+   frame count is declared, that seek fails or finds no packet, or the declared frame count
+   differs from duration x frame rate by more than 10 % plus two frames.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class VideoInfo:
 
 @dataclasses.dataclass
 class _PacketScan:
-    """What demuxing a range of packets found."""
+    """Packet counts, timestamps and byte offsets found by demuxing a range of packets."""
 
     # Video packets seen.
     video_packets: int = 0
@@ -207,9 +207,9 @@ def iso_bmff_truncation(path: str) -> str | None:
 
 def first_video_stream(path: str, container: av.container.InputContainer) -> av.VideoStream:
     """Return the first real video stream, skipping cover art; raise when there is none."""
-    attached_pic = av.stream.Disposition.attached_pic
+    disposition = getattr(av.stream, "Disposition", None)  # PyAV < 13 has no Disposition flags
     for stream in container.streams.video:
-        if not stream.disposition & attached_pic:
+        if disposition is None or not stream.disposition & disposition.attached_pic:
             return stream
     kinds = sorted({stream.type for stream in container.streams}) or ["no streams"]
     raise NoVideoStreamError(path, f"no video stream in the file (found: {', '.join(kinds)})")
@@ -322,8 +322,8 @@ def _check_index_within_file(
     """Raise TruncatedVideoError when an MP4/MOV index points past the end of the file."""
     if not any(name in container.format.name.split(",") for name in INDEXED_CONTAINERS):
         return
-    entries = stream.index_entries
-    count = len(entries)
+    entries = getattr(stream, "index_entries", None)  # added in recent PyAV releases
+    count = len(entries) if entries is not None else 0
     if count == 0:
         return
     # The last entries hold the largest offsets; 16 of them cover interleaving with audio.
@@ -363,7 +363,9 @@ def _decode_first_frame(
 
 def _rotation_of(stream: av.VideoStream, frame: av.VideoFrame) -> int:
     """Return the counter-clockwise rotation from the display matrix or the legacy tag."""
-    angle = frame.rotation
+    # NOTE: VideoFrame.rotation exists in recent PyAV releases (18.1 is tested here); with an
+    # older PyAV only the legacy tag below is read.
+    angle = getattr(frame, "rotation", 0) or 0
     if not angle:
         # The legacy "rotate" tag counts degrees clockwise, the opposite of the display matrix.
         tag = stream.metadata.get("rotate")
