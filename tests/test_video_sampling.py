@@ -62,7 +62,9 @@ def test_segment_bounds_rejects_invalid(duration_s: float, segment_seconds: floa
         segment_bounds(duration_s, segment_seconds)
 
 
-@pytest.mark.parametrize(("start_s", "end_s", "num_frames"), [(0.0, 1.0, 4), (2.5, 12.5, 12), (3.0, 3.3, 1)])
+@pytest.mark.parametrize(
+    ("start_s", "end_s", "num_frames"), [(0.0, 1.0, 4), (2.5, 12.5, 12), (3.0, 3.3, 1)]
+)
 def test_sample_times_are_bin_middles(start_s: float, end_s: float, num_frames: int) -> None:
     times = sample_times(start_s, end_s, num_frames)
 

@@ -334,8 +334,9 @@ def make_index_video(
 def make_variable_frame_rate(directory: Path, name: str = "vfr.mkv") -> Path:
     """Variable-frame-rate video: frame i is ``index_grey(i)`` and is shown at ``VFR_TIMES[i]``.
 
-    The gaps between frames range from 40 ms to 680 ms (multiples of the 40 ms time base), so sampling by frame index instead of
-    by presentation timestamp picks visibly wrong frames.
+    The gaps between frames range from 40 ms to 680 ms, all multiples of the 40 ms time base.
+    Sampling by frame index instead of by presentation timestamp therefore picks visibly wrong
+    frames.
     """
     # setpts with a nested if() chain maps frame number N to its presentation time in seconds.
     expression = "0"
@@ -357,7 +358,7 @@ def make_rotated(
 ) -> Path:
     """64x32 ``quadrant_frame`` video whose stream carries the tag ``rotate=<rotation>``.
 
-    ffmpeg 5.1 turns the legacy ``rotate`` tag into a display matrix on a stream copy; ffprobe
+    ffmpeg 5.1 turns the legacy ``rotate`` tag into a display matrix on a stream copy. ffprobe
     then reports ``rotation=<rotation>`` in the display matrix side data, and players turn the
     picture counter-clockwise by that angle.
     """
@@ -401,7 +402,10 @@ def make_wrong_duration(directory: Path, name: str = "wrong_duration.mkv") -> Pa
     return path
 
 
-def make_special_name(directory: Path, name: str = "clip with spaces – ünïcødé 视频.mp4") -> Path:
+SPECIAL_NAME = "clip with spaces – ünïcødé 视频.mp4"
+
+
+def make_special_name(directory: Path, name: str = SPECIAL_NAME) -> Path:
     """H.264 whose file name has spaces and non-ASCII characters."""
     return make_h264(directory, name=name)
 
@@ -473,7 +477,9 @@ def make_truncated_faststart(directory: Path, name: str = "truncated_faststart.m
 
 def make_corrupt_midstream(directory: Path, name: str = "corrupt.mkv", seed: int = 1) -> Path:
     """Matroska H.264 whose middle third is overwritten with random bytes."""
-    path = encode_testsrc(directory / name, "libx264", seconds=2.0, options=("-preset", "ultrafast"))
+    path = encode_testsrc(
+        directory / name, "libx264", seconds=2.0, options=("-preset", "ultrafast")
+    )
     data = bytearray(path.read_bytes())
     start, stop = len(data) // 3, 2 * len(data) // 3
     data[start:stop] = np.random.default_rng(seed).bytes(stop - start)
@@ -487,7 +493,9 @@ def make_corrupt_mp4(directory: Path, name: str = "corrupt_payload.mp4", seed: i
     The index stays intact, so the demuxer still finds every packet, but the decoder receives
     damaged frame data.
     """
-    path = encode_testsrc(directory / name, "libx264", seconds=2.0, options=("-preset", "ultrafast"))
+    path = encode_testsrc(
+        directory / name, "libx264", seconds=2.0, options=("-preset", "ultrafast")
+    )
     data = bytearray(path.read_bytes())
     media_start = data.find(b"mdat") + 4
     media_end = data.find(b"moov")

@@ -354,7 +354,8 @@ def _decode_first_frame(
             if frames:
                 return frames[0]
     except av.error.DecoderNotFoundError as error:
-        raise UnsupportedCodecError(path, f"no decoder for codec {stream.codec_context.name}") from error
+        codec = stream.codec_context.name
+        raise UnsupportedCodecError(path, f"no decoder for codec {codec}") from error
     except av.error.FFmpegError as error:
         last_error = error
     detail = f" (last error: {last_error})" if last_error is not None else ""
