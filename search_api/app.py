@@ -53,10 +53,19 @@ def load_settings() -> ApiSettings:
         raise SettingsError(f"invalid search service settings: {problems}") from error
 
 
+def _configure_logging(settings: ApiSettings) -> None:
+    # Under `uvicorn search_api.app:app` nothing configures the root logger for this package,
+    # so the start-up lines (index and model loaded) would be dropped.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("search_api").setLevel(settings.log_level.upper())
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if app.state.settings is None:
         app.state.settings = load_settings()
+    _configure_logging(app.state.settings)
     services = await start_services(app.state.settings, app.state.metrics)
     app.state.services = services
     try:

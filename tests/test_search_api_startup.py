@@ -1,0 +1,157 @@
+"""Settings validation, the launch commands and an empty index."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from search_api.settings import ApiSettings
+
+from test_search_api_support import (
+    build_index,
+    create_index,
+    environment_without_pig,
+    free_port,
+    live_server,
+    make_ffmpeg_clip,
+    publish,
+    tiny_model,
+)
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("search_api_startup")
+    clip = root / "videos" / "bars.mp4"
+    make_ffmpeg_clip(clip, "smptebars=size=96x64:rate=10", 2)
+    build_index(root / "index", tiny_model(), [clip])
+    return root / "index"
+
+
+def test_settings_missing_index_dir(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ValidationError) as error:
+        ApiSettings(index_dir=missing)
+    message = str(error.value)
+    assert str(missing) in message
+    assert "indexer ingest" in message
+
+
+def test_settings_dir_without_catalog(tmp_path):
+    with pytest.raises(ValidationError) as error:
+        ApiSettings(index_dir=tmp_path)
+    assert "no catalog.sqlite" in str(error.value)
+
+
+def test_settings_missing_model_copy(small_index, tmp_path):
+    with pytest.raises(ValidationError) as error:
+        ApiSettings(index_dir=small_index, checkpoint=tmp_path)
+    assert "config.json is missing" in str(error.value)
+
+
+def test_settings_from_environment(small_index, monkeypatch):
+    monkeypatch.setenv("PIG_INDEX_DIR", str(small_index))
+    monkeypatch.setenv("PIG_MAX_TOP_K", "7")
+    monkeypatch.setenv("PIG_CORS_ORIGINS", '["https://a.example"]')
+    monkeypatch.setenv("PIG_API_KEY", "hidden-value")
+    settings = ApiSettings()
+    assert settings.index_dir == small_index.resolve()
+    assert settings.model_dir == small_index.resolve() / "model"
+    assert settings.max_top_k == 7
+    assert settings.cors_origins == ["https://a.example"]
+    assert settings.api_key.get_secret_value() == "hidden-value"
+    assert "hidden-value" not in repr(settings)
+
+
+def test_settings_invalid_device(small_index):
+    with pytest.raises(ValidationError) as error:
+        ApiSettings(index_dir=small_index, device="tpu")
+    assert "'auto', 'cpu', 'cuda' or 'cuda:N'" in str(error.value)
+
+
+def test_import_loads_no_model(tmp_path):
+    code = (
+        "import sys, search_api.app as m\n"
+        "assert m.app.state.services is None\n"
+        "assert m.app.state.settings is None\n"
+        "print('ok')\n"
+    )
+    env = {**environment_without_pig(), "PIG_INDEX_DIR": str(tmp_path / "missing")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_cli_reports_missing_index_dir(tmp_path):
+    missing = tmp_path / "absent"
+    result = subprocess.run(
+        [str(VENV_BIN / "search-api"), "--index-dir", str(missing)],
+        env=environment_without_pig(), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert str(missing) in result.stderr
+    assert "indexer ingest" in result.stderr
+
+
+def wait_ready(base_url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{base_url} did not become ready in {timeout_s} s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["search-api", "uvicorn"])
+def test_launch_commands_serve(small_index, launcher):
+    port = free_port()
+    env = environment_without_pig()
+    if launcher == "search-api":
+        command = [str(VENV_BIN / "search-api"), "--index-dir", str(small_index),
+                   "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    else:
+        env.update(PIG_INDEX_DIR=str(small_index), PIG_DEVICE="cpu")
+        command = [str(VENV_BIN / "uvicorn"), "search_api.app:app",
+                   "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url, process)
+        response = httpx.post(f"{base_url}/search", json={"query": "bars"}, timeout=30.0)
+        assert response.status_code == 200
+        assert len(response.json()["results"]) == 1
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=60)
+    assert "loaded model pig-tiny" in stderr
+    assert "loaded index" in stderr
+
+
+@pytest.mark.parametrize("published", [True, False])
+def test_empty_index_returns_no_results(tmp_path, published):
+    catalog = create_index(tmp_path / "index", tiny_model())
+    if published:
+        publish(tmp_path / "index", catalog)
+    catalog.close()
+    with live_server(tmp_path / "index") as server, server.client() as client:
+        assert client.get("/readyz").status_code == 200
+        response = client.post("/search", json={"query": "anything", "top_k": 10})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["results"] == []
+    assert body["total_videos"] == 0
