@@ -1,4 +1,4 @@
-"""Exit 0 when the search service on this host answers ``/readyz`` with 200, else 1.
+"""Exit 0 when ``/readyz`` of the search service on this host returns 200, else 1.
 
 Docker runs this as the API container's health check. It needs only the standard library,
 and reads the port from ``PIG_PORT`` (default 8000), the variable ``search-api`` listens on.

@@ -3,9 +3,9 @@
 No Docker engine runs here, so each service's command (the image's ENTRYPOINT plus the compose
 ``command``) runs on this machine instead, in the environment the container would get:
 ``.env.example`` as the ``.env`` file, then the service's ``environment``. Container paths are
-remapped to temporary folders, and two values are changed for this machine: the model is the
-repository's demo checkpoint, or ``pig-tiny`` until that exists, and the search service listens
-on 127.0.0.1 and a free port instead of 0.0.0.0:8000.
+remapped to temporary folders. Two values change for this machine. The model is the
+repository's demo checkpoint, or ``pig-tiny`` until that exists. The search service listens on
+127.0.0.1 and a free port instead of 0.0.0.0:8000.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ CLIPS = {
     "red.mp4": "color=c=red:size=64x64:rate=10",
     "mandelbrot.mp4": "mandelbrot=size=64x64:rate=10",
 }
-# Attempts, 0.5 s apart, to see /readyz answer 200 before the test gives up.
+# Requests to /readyz, 0.5 s apart, before the test fails for want of a 200 response.
 READY_ATTEMPTS = 240
 
 
@@ -202,7 +202,7 @@ def test_indexer_default_command_runs(ingested: Container):
 
 
 def test_indexer_rerun_reuses_index_model(ingested: Container):
-    # With no model set, a later ingest loads the copy in INDEX_DIR/model, as .env.example says.
+    # With no model set, a later ingest loads the copy in INDEX_DIR/model, as .env.example documents.
     environment = {**ingested.environment, "PIG_CHECKPOINT": "", "PIG_MODEL": ""}
 
     result = subprocess.run(ingested.command + ["--no-progress"], env=environment,

@@ -1,6 +1,6 @@
 """Readers of the deployment files for the deployment tests: compose, Dockerfiles, .dockerignore.
 
-This module holds no tests. No Docker engine runs where the suite runs, so these helpers read
+This module contains no tests. No Docker engine runs where the suite runs, so these helpers read
 the files the way Docker and Docker Compose do, for the parts the tests check: variable
 interpolation, Dockerfile instructions per build stage and ``.dockerignore`` matching.
 """
@@ -21,8 +21,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
-# Compose Specification JSON schema; tests/data/compose-spec.schema.SOURCE.md says where the
-# copy comes from.
+# Compose Specification JSON schema; tests/data/compose-spec.schema.SOURCE.md records where
+# the copy comes from.
 COMPOSE_SCHEMA = REPO_ROOT / "tests" / "data" / "compose-spec.schema.json"
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message}, ${NAME?message}, $NAME and the
