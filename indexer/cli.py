@@ -157,8 +157,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ingest(settings: IndexerSettings, args: argparse.Namespace) -> int:
     from indexer.pipeline import IngestError, IngestOptions, run_ingest
-    from shared.device import DeviceUnavailableError
-    from shared.model.errors import ModelError
 
     options = IngestOptions(
         prune=args.prune,
@@ -171,11 +169,7 @@ def _ingest(settings: IndexerSettings, args: argparse.Namespace) -> int:
     except ModelMismatchError as error:
         print(f"indexer: model mismatch: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    except (IngestError, IndexLockedError, CatalogError, DeviceUnavailableError, ModelError) as error:
-        print(f"indexer: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    except ValueError as error:
-        # load_model raises ValueError for invalid model arguments.
+    except (IngestError, IndexLockedError, CatalogError) as error:
         print(f"indexer: {error}", file=sys.stderr)
         return EXIT_FAILURE
     print(format_summary(stats))

