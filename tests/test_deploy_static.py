@@ -199,7 +199,8 @@ def test_dockerignore_excludes_local_state():
     rules = read_dockerignore()
 
     for path in (".venv/bin/python", ".git/HEAD", ".env", "tests/test_model.py",
-                 "shared/__pycache__/device.cpython-311.pyc", "checkpoints/demo/model.safetensors"):
+                 "shared/__pycache__/device.cpython-311.pyc", "checkpoints/demo/model.safetensors",
+                 "demo-data/index/catalog.sqlite", "videos/clip.mp4"):
         assert is_ignored(path, rules), f".dockerignore lets {path} into the build context"
 
 
