@@ -246,3 +246,19 @@ def test_bf16_autocast_on_cpu_stays_close(pig_model):
         pig_model.precision = "auto"
     assert reduced.dtype == np.float32
     assert np.abs(reduced - reference).max() < 0.1
+
+
+def test_quick_gelu_follows_tag_and_checkpoint(tmp_path):
+    from open_clip.transformer import QuickGELU
+
+    from shared.model.backbone import tag_uses_quick_gelu
+
+    assert tag_uses_quick_gelu("ViT-B-32", "openai")
+    assert not tag_uses_quick_gelu("ViT-B-32", "laion2b_s34b_b79k")
+    model = load_model(model_name="pig-tiny", head="meanp", device="cpu")
+    model.config = type(model.config)(**{**model.config.__dict__, "quick_gelu": True})
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt", device="cpu")
+    assert loaded.config.quick_gelu
+    activations = [m for m in loaded.text_tower.transformer.modules() if isinstance(m, QuickGELU)]
+    assert activations

@@ -38,16 +38,25 @@ def default_cache_dir() -> str:
         return os.path.expanduser("~/.cache/huggingface/hub")
 
 
+def tag_uses_quick_gelu(model_name: str, pretrained: str | None) -> bool:
+    """Return whether a pretrained tag's weights were trained with QuickGELU (OpenAI's CLIP were)."""
+    if pretrained is None or Path(pretrained).expanduser().is_file():
+        return False
+    return bool(open_clip.get_pretrained_cfg(model_name, pretrained).get("quick_gelu", False))
+
+
 def create_backbone(
     model_name: str,
     pretrained: str | None = None,
     cache_dir: str | None = None,
+    quick_gelu: bool = False,
 ) -> torch.nn.Module:
     """Build an open_clip CLIP model with random weights, a pretrained tag or a local weights file.
 
     `pretrained` is either None (random initialisation), a path to a local weights file
     (`.safetensors`, or a torch checkpoint read with `weights_only=True`), or a pretrained tag
-    that open_clip downloads once into `cache_dir`.
+    that open_clip downloads once into `cache_dir`. `quick_gelu` forces the QuickGELU
+    activation, which weights trained with it (OpenAI's) need to give their intended features.
     """
     register_model_configs()
     known = open_clip.list_models()
@@ -61,13 +70,13 @@ def create_backbone(
 
     if pretrained is None:
         logger.info("building %s with random weights", model_name)
-        return open_clip.create_model(model_name, pretrained=None)
+        return open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
 
     weights_path = Path(pretrained).expanduser()
     if weights_path.is_file():
         logger.info("building %s from local weights %s", model_name, weights_path)
         try:
-            return open_clip.create_model(model_name, pretrained=str(weights_path))
+            return open_clip.create_model(model_name, pretrained=str(weights_path), force_quick_gelu=quick_gelu)
         except (RuntimeError, KeyError, ValueError, OSError) as error:
             raise BackboneUnavailableError(
                 f"cannot load weights file {weights_path} into {model_name}: {error}; "
@@ -89,7 +98,9 @@ def create_backbone(
     cache = cache_dir or default_cache_dir()
     logger.info("building %s with pretrained weights %r (cache %s)", model_name, pretrained, cache)
     try:
-        return open_clip.create_model(model_name, pretrained=pretrained, cache_dir=cache_dir)
+        return open_clip.create_model(
+            model_name, pretrained=pretrained, cache_dir=cache_dir, force_quick_gelu=quick_gelu
+        )
     except Exception as error:  # noqa: BLE001 - hub, network and file errors have no common base
         raise BackboneUnavailableError(
             f"cannot load pretrained weights {model_name!r} / {pretrained!r}: they are not in the "

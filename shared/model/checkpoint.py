@@ -140,6 +140,7 @@ def load_checkpoint(
         head_options=config.head_options,
         context_length=config.context_length,
         precision=precision,
+        quick_gelu=config.quick_gelu,
     )
     model.config = config
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from shared.device import autocast, resolve_device
-from shared.model.backbone import create_backbone
+from shared.model.backbone import create_backbone, tag_uses_quick_gelu
 from shared.model.errors import UnknownModelError
 from shared.model.frames import FrameEncoder, FrameFeatures
 from shared.model.heads import HEAD_NAMES, HeadOptions, MeanPoolingHead, PIGHead, VideoHead, XPoolHead
@@ -35,6 +35,7 @@ class ModelConfig:
     image_size: int = 224  # S: frame side in pixels after resize and centre crop
     embed_dim: int = 512  # D: joint embedding width
     context_length: int = 77  # text positions; longer queries are truncated
+    quick_gelu: bool = False  # QuickGELU activation, as OpenAI's CLIP weights were trained with
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,13 +185,19 @@ def build_model(
     context_length: int = 77,
     cache_dir: str | None = None,
     precision: str = "auto",
+    quick_gelu: bool | None = None,
 ) -> PIGModel:
-    """Create a PIG model around a freshly loaded open_clip backbone (on the CPU)."""
+    """Create a PIG model around a freshly loaded open_clip backbone (on the CPU).
+
+    `quick_gelu=None` follows the pretrained tag: OpenAI's weights get QuickGELU.
+    """
     if head not in HEAD_NAMES:
         raise UnknownModelError(f"unknown head {head!r}: expected one of {', '.join(HEAD_NAMES)}")
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
-    clip_model = create_backbone(model_name, pretrained, cache_dir=cache_dir)
+    if quick_gelu is None:
+        quick_gelu = tag_uses_quick_gelu(model_name, pretrained)
+    clip_model = create_backbone(model_name, pretrained, cache_dir=cache_dir, quick_gelu=quick_gelu)
     config = ModelConfig(
         model_name=model_name,
         pretrained=pretrained,
@@ -200,6 +207,7 @@ def build_model(
         image_size=int(clip_model.visual.image_size[0]),
         embed_dim=int(clip_model.visual.output_dim),
         context_length=context_length,
+        quick_gelu=quick_gelu,
     )
     model = PIGModel(clip_model, config, precision=precision)
     model.eval()
