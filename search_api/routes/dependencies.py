@@ -17,7 +17,7 @@ _bearer = HTTPBearer(auto_error=False, description="The API key set in PIG_API_K
 
 
 async def get_services(request: Request) -> Services:
-    """Return the loaded services, or answer 503 while the service starts or stops."""
+    """Return the loaded services, or raise a 503 HTTPException while the service starts or stops."""
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None or not services.ready:
         raise HTTPException(
@@ -31,7 +31,7 @@ async def require_api_key(
     request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
 ) -> None:
-    """Answer 401 unless the request carries the configured bearer token (when one is set)."""
+    """Raise a 401 HTTPException unless the request carries the configured bearer token (when one is set)."""
     settings = getattr(request.app.state, "settings", None)
     if settings is None or settings.api_key is None:
         return

@@ -21,8 +21,7 @@ logger = logging.getLogger(__name__)
 class TextEncoderModel(Protocol):
     """The part of ``shared.model.PIGModel`` the service calls."""
 
-    def encode_text(self, texts: list[str]):  # -> shared.model.TextEncoding
-        ...
+    def embed_queries(self, texts: list[str]) -> tuple[np.ndarray, tuple[bool, ...]]: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ class QueryEncoder:
     """Encode query texts with the model's text tower on a single worker thread.
 
     The worker thread (see ``create_executor``) owns every torch call of the service, so the number of threads stays fixed whatever the request rate. Concurrent
-    queries are grouped into one ``encode_text`` call of at most ``max_batch_size`` texts.
+    queries are grouped into one ``embed_queries`` call of at most ``max_batch_size`` texts.
     """
 
     def __init__(
@@ -118,15 +117,10 @@ class QueryEncoder:
     def _encode_batch(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
         # Runs on the encoding thread. Duplicates in one batch are encoded once.
         unique = list(dict.fromkeys(texts))
-        with torch.inference_mode():
-            encoding = self.model.encode_text(unique)
-        # [B, D] on any device -> float32 numpy on the CPU, contiguous for FAISS.
-        embeddings = np.ascontiguousarray(
-            encoding.embeddings.detach().to("cpu", torch.float32).numpy()
-        )
+        # [B, D] float32, L2-normalised, on the CPU; autocast applies on CUDA devices.
+        embeddings, truncated = self.model.embed_queries(unique)
         by_text = {
-            text: (embeddings[row], bool(encoding.truncated[row]))
-            for row, text in enumerate(unique)
+            text: (embeddings[row], bool(truncated[row])) for row, text in enumerate(unique)
         }
         return [by_text[text] for text in texts]
 

@@ -33,7 +33,7 @@ GROWTH_FACTOR = 4
 
 
 class RequestLimitError(ValueError):
-    """Raised when a search request breaks a limit from the settings; answered with 422."""
+    """Raised when a search request breaks a limit from the settings; the response is 422."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
