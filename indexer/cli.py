@@ -2,7 +2,7 @@
 
 Exit status: 0 when the command completed (an ingest that recorded failed files included),
 1 when nothing could be done (no such path, the model cannot load, a different model built the
-index, another writer holds the index, verification found problems), 2 for invalid options.
+index, another writer has the index locked, verification found problems), 2 for invalid options.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
     field = IndexerSettings.model_fields[name]
     env = f"PIG_{name.upper()}"
     default = field.get_default(call_default_factory=True)
-    shown = "" if default is None else f"; default {default}"
+    default_text = "" if default is None else f"; default {default}"
     parser.add_argument(
         f"--{name.replace('_', '-')}",
         dest=name,
@@ -80,7 +80,7 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
         choices=_CHOICES.get(name),
         metavar=_METAVARS.get(name, name.upper()) if name not in _CHOICES else None,
         default=None,
-        help=f"{field.description} (env {env}{shown})",
+        help=f"{field.description} (env {env}{default_text})",
     )
 
 

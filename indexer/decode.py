@@ -29,13 +29,13 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# Segments sent per message; a message holds chunk * T * S * S * 3 bytes of frames.
+# Segments sent per message; a message carries CHUNK_SEGMENTS * T * S * S * 3 bytes of frames.
 CHUNK_SEGMENTS = 4
 
 
 @dataclass(frozen=True)
 class DecodeJob:
-    """What a worker needs to decode one file."""
+    """A decode request for one file."""
 
     task_id: int  # the indexer's id for this file within the run
     path: str  # file to decode
@@ -120,6 +120,10 @@ def worker_main(connection: Connection) -> None:
     """Run a decode worker: decode each job received until ``None`` or the pipe closes."""
     # Ctrl-C reaches the whole process group; the main process decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Import the decoders now, while the main process loads the model, not on the first file.
+    import shared.video.decode  # noqa: F401
+    import shared.video.probe  # noqa: F401
+
     while True:
         try:
             job = connection.recv()
@@ -265,7 +269,7 @@ class DecodePool:
         reason = f"decoding took longer than the {self.timeout_s:g} s timeout (--decode-timeout)"
         return DecodeEvent("error", job.task_id, error_kind="decode_timeout", reason=reason)
 
-    def _replace(self, worker: _Worker, why: str) -> None:
+    def _replace(self, worker: _Worker, cause: str) -> None:
         if worker.process.is_alive():
             worker.process.kill()
         worker.process.join(timeout=5)
@@ -274,7 +278,7 @@ class DecodePool:
         worker.process, worker.connection = fresh.process, fresh.connection
         worker.job = None
         worker.restarts += 1
-        self.stats.restarts.append(why)
+        self.stats.restarts.append(cause)
 
     def close(self) -> None:
         """Stop every worker: ask politely, then kill those still running after a second."""

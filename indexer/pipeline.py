@@ -165,8 +165,10 @@ class _IngestLoop:
         catalog: Catalog,
         stats: RunStats,
         progress: tqdm,
+        pool: DecodePool,
     ) -> None:
         self.settings = settings
+        self.pool = pool
         self.model = model
         self.catalog = catalog
         self.stats = stats
@@ -183,40 +185,40 @@ class _IngestLoop:
         queue = deque(enumerate(files))
         batch_size = self.settings.batch_size
         max_buffer = batch_size * BUFFER_BATCHES
-        with DecodePool(self.settings.workers, self.settings.decode_timeout) as pool:
-            encoder = EncoderThread(self.model)
-            try:
-                while queue or self.states:
-                    while queue and pool.idle_workers and len(self.buffer) < max_buffer:
-                        task_id, planned = queue.popleft()
-                        self.states[task_id] = _VideoState(planned)
-                        pool.submit(
-                            DecodeJob(task_id, planned.file.path, self.settings.segment_seconds,
-                                      self.num_frames, self.image_size)
-                        )
+        pool = self.pool
+        encoder = EncoderThread(self.model)
+        try:
+            while queue or self.states:
+                while queue and pool.idle_workers and len(self.buffer) < max_buffer:
+                    task_id, planned = queue.popleft()
+                    self.states[task_id] = _VideoState(planned)
+                    pool.submit(
+                        DecodeJob(task_id, planned.file.path, self.settings.segment_seconds,
+                                  self.num_frames, self.image_size)
+                    )
 
-                    self._collect_vectors(encoder)
-                    self._write_ready()
+                self._collect_vectors(encoder)
+                self._write_ready()
 
-                    decoding_done = not queue and pool.busy_workers == 0
-                    while len(self.buffer) >= batch_size or (self.buffer and decoding_done):
-                        if not self._submit_batch(encoder, batch_size):
-                            break
+                decoding_done = not queue and pool.busy_workers == 0
+                while len(self.buffer) >= batch_size or (self.buffer and decoding_done):
+                    if not self._submit_batch(encoder, batch_size):
+                        break
 
-                    if pool.busy_workers and len(self.buffer) < max_buffer:
-                        for event in pool.poll(POLL_SECONDS):
-                            self._handle_event(event)
-                    elif self.states:
-                        time.sleep(POLL_SECONDS / 5)
-            finally:
-                encoder.close()
-                self._record_encoder(encoder)
-                self.stats.decode_restarts = len(pool.stats.restarts)
-                decode = self.stats.stage("decode")
-                decode.seconds += pool.stats.worker_seconds
-                decode.videos += pool.stats.files_done
-                decode.segments += pool.stats.segments
-                decode.frames += pool.stats.frames
+                if pool.busy_workers and len(self.buffer) < max_buffer:
+                    for event in pool.poll(POLL_SECONDS):
+                        self._handle_event(event)
+                elif self.states:
+                    time.sleep(POLL_SECONDS / 5)
+        finally:
+            encoder.close()
+            self._record_encoder(encoder)
+            self.stats.decode_restarts = len(pool.stats.restarts)
+            decode = self.stats.stage("decode")
+            decode.seconds += pool.stats.worker_seconds
+            decode.videos += pool.stats.files_done
+            decode.segments += pool.stats.segments
+            decode.frames += pool.stats.frames
 
     def _record_encoder(self, encoder: EncoderThread) -> None:
         encode = self.stats.stage("encode")
@@ -398,7 +400,8 @@ def run_ingest(settings: IndexerSettings, paths: list[str], options: IngestOptio
         raise IngestError(f"none of the paths exist: {', '.join(map(str, paths))}")
 
     index_dir.mkdir(parents=True, exist_ok=True)
-    with WriterLock(index_dir):
+    with WriterLock(index_dir), DecodePool(settings.workers, settings.decode_timeout) as pool:
+        # The workers start (and import their decoders) while the model loads.
         with stats.timed("model_load"):
             model = load_indexer_model(settings)
         catalog = Catalog(index_dir / CATALOG_FILE, read_only=False)
@@ -407,7 +410,7 @@ def run_ingest(settings: IndexerSettings, paths: list[str], options: IngestOptio
             run_id = catalog.start_run({"paths": [str(p) for p in paths], "settings": settings.model_dump(mode="json")})
             status = "interrupted"
             try:
-                _ingest_into(catalog, model, settings, found.files, found.roots, options, stats)
+                _ingest_into(catalog, model, pool, settings, found.files, found.roots, options, stats)
                 status = "completed"
             finally:
                 stats.wall_seconds = time.perf_counter() - started
@@ -423,6 +426,7 @@ def run_ingest(settings: IndexerSettings, paths: list[str], options: IngestOptio
 def _ingest_into(
     catalog: Catalog,
     model: Any,
+    pool: DecodePool,
     settings: IndexerSettings,
     files: list,
     roots: list[str],
@@ -440,7 +444,7 @@ def _ingest_into(
 
     show = options.progress and sys.stderr.isatty()
     progress = tqdm(total=len(plan.to_decode), unit="video", desc="ingest", disable=not show, dynamic_ncols=True)
-    loop = _IngestLoop(settings, model, catalog, stats, progress)
+    loop = _IngestLoop(settings, model, catalog, stats, progress, pool)
     pipeline_started = time.perf_counter()
     try:
         loop.run(plan.to_decode)
