@@ -1,6 +1,6 @@
 """`pig-train`: generate synthetic data, train PIG checkpoints and evaluate them.
 
-    pig-train synth --out demo-data/synth --train 240 --test 96 --seed 0
+    pig-train synth --out demo-data/synth --train 200 --test 96 --seed 0
     pig-train fit --config training/configs/demo.yaml
     pig-train evaluate --checkpoint checkpoints/demo --data demo-data/synth/test.jsonl --heads meanp,pig,xpool
 """
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 def _add_synth_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("synth", help="generate the seeded synthetic captioned-video benchmark")
     parser.add_argument("--out", type=Path, required=True, help="output folder for videos/, train.jsonl and test.jsonl")
-    parser.add_argument("--train", type=int, default=240, help="number of training clips (default 240)")
+    parser.add_argument("--train", type=int, default=200, help="number of training clips (default 200)")
     parser.add_argument("--test", type=int, default=96, help="number of test clips (default 96)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same clips")
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")

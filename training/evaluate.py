@@ -74,7 +74,26 @@ def encode_test_set(
     num_workers: int = 0,
     cache: FrameCache | None = None,
 ) -> EncodedTestSet:
-    """Decode and encode every test video once; compute the query-independent heads' vectors."""
+    """Decode and encode every test video once; compute the query-independent heads' vectors.
+
+    The model runs in eval mode (no dropout) and is put back in its previous mode afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return _encode_test_set(model, dataset, heads, batch_size, num_workers, cache)
+    finally:
+        model.train(was_training)
+
+
+def _encode_test_set(
+    model: PIGModel,
+    dataset: CaptionDataset,
+    heads: list[str],
+    batch_size: int,
+    num_workers: int,
+    cache: FrameCache | None,
+) -> EncodedTestSet:
     models = _derive_heads(model, heads)
     loader = make_eval_loader(dataset, model.config.num_frames, model.config.image_size, batch_size, num_workers, cache)
     frames: list[torch.Tensor] = []
@@ -137,7 +156,7 @@ def measure_query_ms(
     head: str,
     num_videos: int,
     query: str = "a big red circle moves to the left",
-    repeats: int = 15,
+    repeats: int = 40,
 ) -> float:
     """Time one query against ``num_videos`` videos and return the median milliseconds.
 

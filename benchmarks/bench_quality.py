@@ -1,0 +1,121 @@
+"""Retrieval quality of meanp, pig and the xpool reference on the synthetic benchmark.
+
+For each seed, trains a meanp and a pig model with the same config and budget (pig-tiny, CPU),
+then evaluates meanp on the meanp checkpoint and pig and xpool on the pig checkpoint (xpool is the
+pig checkpoint's interaction module driven by the real query). Prints R@1/R@5/R@10/MdR/MnR as
+mean and standard deviation over seeds, and the median query time for a gallery of
+``--cost-videos`` videos, and writes everything to ``OUT/quality.json``.
+
+    python benchmarks/bench_quality.py --out benchmarks/results/quality --seeds 0 1 2
+
+Runs take a few minutes per model on a 2-core CPU; ``--epochs`` and ``--train`` scale that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from shared.model import load_checkpoint
+from training.config import TrainConfig
+from training.datasets import read_caption_jsonl
+from training.evaluate import evaluate_model
+from training.synthetic import SyntheticConfig, generate_dataset
+from training.train import fit
+
+METRIC_KEYS = ("R@1", "R@5", "R@10", "MdR", "MnR")
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "training" / "configs" / "demo.yaml"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality"), help="output folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set")
+    parser.add_argument("--train", type=int, default=200, help="synthetic training clips")
+    parser.add_argument("--test", type=int, default=96, help="synthetic test clips")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo config's)")
+    parser.add_argument("--cost-videos", type=int, default=1000, help="gallery size N for the query-time measurement")
+    parser.add_argument("--workers", type=int, default=2, help="decoding and encoding processes")
+    return parser.parse_args()
+
+
+def train_one(base: dict, data_dir: Path, run_dir: Path, head: str, seed: int, epochs: int | None) -> Path:
+    config = json.loads(json.dumps(base))
+    config["output_dir"] = str(run_dir)
+    config["seed"] = seed
+    config["model"]["head"] = head
+    config["data"]["train"]["annotations"] = str(data_dir / "train.jsonl")
+    config["data"]["val"]["annotations"] = str(data_dir / "test.jsonl")
+    config["schedule"]["save_dtype"] = "float32"
+    if epochs is not None:
+        config["optim"]["epochs"] = epochs
+    result = fit(TrainConfig.model_validate(config), resume=False)
+    if result.best_dir is None:
+        raise RuntimeError(f"run {run_dir} saved no best checkpoint; check that data.val is set")
+    return result.best_dir
+
+
+def summarise(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:6.2f} ± {spread:4.2f}"
+
+
+def main() -> int:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    data_dir = args.out / "data"
+    if not (data_dir / "test.jsonl").is_file():
+        generate_dataset(data_dir, SyntheticConfig(num_train=args.train, num_test=args.test, seed=args.data_seed), workers=args.workers)
+    base = yaml.safe_load(DEMO_CONFIG.read_text())
+    base["runtime"]["num_workers"] = args.workers
+    test_set = read_caption_jsonl(data_dir / "test.jsonl")
+
+    rows: dict[str, list[dict]] = {"meanp": [], "pig": [], "xpool": []}
+    started = time.perf_counter()
+    for seed in args.seeds:
+        for trained_head, evaluated_heads in (("meanp", ["meanp"]), ("pig", ["pig", "xpool"])):
+            best = train_one(base, data_dir, args.out / f"{trained_head}-seed{seed}", trained_head, seed, args.epochs)
+            model = load_checkpoint(best, device="cpu")
+            for result in evaluate_model(model, test_set, evaluated_heads, cost_videos=args.cost_videos, num_workers=args.workers):
+                entry = {"seed": seed, "query_ms": result.query_ms, **result.report.as_dict()}
+                rows[result.head].append(entry)
+                t2v = entry["t2v"]
+                print(f"seed {seed} {result.head:<6} t2v R@1 {t2v['R@1']:6.2f} R@5 {t2v['R@5']:6.2f} query {result.query_ms:.2f} ms", flush=True)
+
+    print()
+    print(f"Synthetic benchmark: {len(test_set)} test videos, seeds {args.seeds}, query cost over {args.cost_videos} videos")
+    print(f"{'head':<6} {'R@1':>13} {'R@5':>13} {'R@10':>13} {'MdR':>13} {'MnR':>13} {'query ms':>13}")
+    for head, entries in rows.items():
+        if not entries:
+            continue
+        cells = [summarise([entry["t2v"][key] for entry in entries]) for key in METRIC_KEYS]
+        cells.append(summarise([entry["query_ms"] for entry in entries]))
+        print(f"{head:<6} " + " ".join(f"{cell:>13}" for cell in cells))
+
+    payload = {
+        "benchmark": "synthetic text-to-video retrieval",
+        "seeds": args.seeds,
+        "data": {"train": args.train, "test": args.test, "seed": args.data_seed},
+        "cost_videos": args.cost_videos,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch.get_num_threads()},
+        "seconds": time.perf_counter() - started,
+        "results": rows,
+    }
+    (args.out / "quality.json").write_text(json.dumps(payload, indent=2))
+    print(f"\nwrote {args.out / 'quality.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
