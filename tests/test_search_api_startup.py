@@ -102,10 +102,10 @@ def test_cli_reports_missing_index_dir(tmp_path):
     assert "indexer ingest" in result.stderr
 
 
-def wait_ready(base_url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+def wait_ready(base_url: str, process: subprocess.Popen, log_path: Path, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read()
+        assert process.poll() is None, log_path.read_text()
         try:
             if httpx.get(f"{base_url}/readyz", timeout=2.0).status_code == 200:
                 return
@@ -117,7 +117,7 @@ def wait_ready(base_url: str, process: subprocess.Popen, timeout_s: float = 120.
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["search-api", "uvicorn"])
-def test_launch_commands_serve(small_index, launcher):
+def test_launch_commands_serve(small_index, launcher, tmp_path):
     port = free_port()
     env = environment_without_pig()
     if launcher == "search-api":
@@ -127,17 +127,20 @@ def test_launch_commands_serve(small_index, launcher):
         env.update(PIG_INDEX_DIR=str(small_index), PIG_DEVICE="cpu")
         command = [str(VENV_BIN / "uvicorn"), "search_api.app:app",
                    "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    # Logs go to a file: a pipe nobody reads fills up with access-log lines and blocks the server.
+    log_path = tmp_path / f"{launcher}.log"
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base_url, process)
+        wait_ready(base_url, process, log_path)
         response = httpx.post(f"{base_url}/search", json={"query": "bars"}, timeout=30.0)
         assert response.status_code == 200
         assert len(response.json()["results"]) == 1
     finally:
         process.terminate()
-        _, stderr = process.communicate(timeout=60)
+        process.wait(timeout=60)
+    stderr = log_path.read_text()
     assert "loaded model pig-tiny" in stderr
     assert "loaded index" in stderr
 
