@@ -26,7 +26,7 @@ from training.train import Trainer, fit, lr_factor
 
 NUM_TRAIN = 64
 NUM_TEST = 24
-REFERENCE_STEPS = 12
+REFERENCE_STEPS = 8
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,8 @@ def make_config(synth_dir: Path, output_dir: Path, **sections) -> dict:
             "lr_new": 1e-3,
             "warmup_fraction": 0.1,
         },
-        "runtime": {"device": "cpu", "num_workers": 0, "cache_frames": True},
+        # One frame cache for every run of this file; its folder name includes a key of the data.
+        "runtime": {"device": "cpu", "num_workers": 0, "cache_frames": True, "cache_dir": str(synth_dir / "cache")},
         "schedule": {"save_last_every_steps": 100},
     }
     for section, values in sections.items():

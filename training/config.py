@@ -59,6 +59,7 @@ class RuntimeSection(_Strict):
     num_workers: int = Field(2, ge=0)  # DataLoader decoding processes
     cache_frames: bool = False  # decode each video once into a .npy frame grid in the run dir
     cache_fps: float = Field(8.0, gt=0)  # frame rate of the cached grid
+    cache_dir: Path | None = None  # where frame caches live; None: OUTPUT_DIR/frame_cache
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only where unsupported)
     torch_threads: int | None = Field(None, ge=1)  # intra-op CPU threads; None keeps torch's default
 

@@ -66,14 +66,18 @@ class FrameCache:
 
     @classmethod
     def build(
-        cls, directory: Path, dataset: CaptionDataset, size: int, fps: float, num_workers: int
+        cls, root: Path, name: str, dataset: CaptionDataset, size: int, fps: float, num_workers: int
     ) -> "FrameCache":
-        """Load the cache in ``directory`` if its key matches, else decode every video into it."""
-        directory = Path(directory)
+        """Open the cache ``root/<name>-<key>``, decoding every video into it first if needed.
+
+        The key covers the video files and the grid settings, so runs with other data or sizes
+        never share a cache folder, and runs with the same ones may share ``root``.
+        """
         key = cls.key(dataset, size, fps)
+        directory = Path(root) / f"{name}-{key}"
         index_path = directory / "index.json"
         if index_path.is_file() and json.loads(index_path.read_text()).get("key") == key:
-            logger.info("using frame cache %s", directory)
+            logger.debug("using frame cache %s", directory)
             return cls(directory)
 
         directory.mkdir(parents=True, exist_ok=True)
@@ -82,6 +86,7 @@ class FrameCache:
             _GridDecodeDataset(dataset, size, fps),
             batch_size=None,
             num_workers=num_workers,
+            generator=_private_generator(),
         )
         grids = [grid for grid in loader]
         durations = [duration for _, duration in grids]
@@ -234,6 +239,17 @@ def collate_eval(items: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, tor
     return frames, torch.tensor([item[1] for item in items])
 
 
+def _private_generator() -> torch.Generator:
+    """A fixed-seed generator for DataLoaders that shuffle nothing.
+
+    A DataLoader without a generator draws its worker base seed from torch's global RNG, which
+    would shift dropout in training depending on whether a cache was built or an evaluation ran.
+    """
+    generator = torch.Generator()
+    generator.manual_seed(0)
+    return generator
+
+
 def seed_worker(worker_id: int) -> None:
     """Seed numpy and random in a DataLoader worker from torch's per-worker seed."""
     import random
@@ -253,4 +269,5 @@ def make_eval_loader(
         num_workers=num_workers,
         collate_fn=collate_eval,
         worker_init_fn=seed_worker,
+        generator=_private_generator(),
     )

@@ -183,15 +183,17 @@ class Trainer:
         train_cache = val_cache = None
         if config.runtime.cache_frames:
             size = self.model.config.image_size
-            cache_root = self.run_dir / "frame_cache"
-            # Rank 0 decodes, the others wait and then read the same files.
+            cache_root = config.runtime.cache_dir or self.run_dir / "frame_cache"
+            fps, workers = config.runtime.cache_fps, config.runtime.num_workers
+            # Rank 0 decodes, the others wait and then open the same files.
             if self.context.is_main:
-                FrameCache.build(cache_root / "train", train_set, size, config.runtime.cache_fps, config.runtime.num_workers)
+                FrameCache.build(cache_root, "train", train_set, size, fps, workers)
                 if val_set is not None:
-                    FrameCache.build(cache_root / "val", val_set, size, config.runtime.cache_fps, config.runtime.num_workers)
+                    FrameCache.build(cache_root, "val", val_set, size, fps, workers)
             barrier(self.context)
-            train_cache = FrameCache(cache_root / "train")
-            val_cache = FrameCache(cache_root / "val") if val_set is not None else None
+            train_cache = FrameCache.build(cache_root, "train", train_set, size, fps, workers)
+            if val_set is not None:
+                val_cache = FrameCache.build(cache_root, "val", val_set, size, fps, workers)
         return train_set, val_set, train_cache, val_cache
 
     def run(self) -> FitResult:
