@@ -1,8 +1,8 @@
 """Retrieval quality of meanp, pig and the xpool reference on the synthetic benchmark.
 
-For each seed, trains a meanp and a pig model with the same config and budget (pig-tiny, CPU),
-then evaluates meanp on the meanp checkpoint and pig and xpool on the pig checkpoint (xpool is the
-pig checkpoint's interaction module driven by the real query). Prints R@1/R@5/R@10/MdR/MnR as
+For each seed, trains a meanp and a pig model with the same config and budget (pig-tiny, CPU).
+It evaluates meanp on the meanp checkpoint, and pig and xpool on the pig checkpoint, where xpool
+is the pig checkpoint's interaction module driven by the real query. Prints R@1/R@5/R@10/MdR/MnR as
 mean and standard deviation over seeds, and the median query time for a gallery of
 ``--cost-videos`` videos, and writes everything to ``OUT/quality.json``.
 

@@ -38,7 +38,7 @@ class OptimSection(_Strict):
 
     epochs: int = Field(5, ge=1)
     max_steps: int | None = Field(None, ge=1)  # stop after this many steps in total, if set
-    batch_size: int = Field(32, ge=2)  # per process; the contrastive loss sees batch_size x world size
+    batch_size: int = Field(32, ge=2)  # per process; the contrastive loss covers batch_size x world size
     lr_clip: float = Field(1e-6, gt=0)  # learning rate of the pretrained CLIP weights
     lr_new: float = Field(1e-4, gt=0)  # learning rate of the new modules and the logit scale
     weight_decay: float = Field(0.2, ge=0)  # AdamW decay on matrices; biases, norms and scales get none

@@ -1,6 +1,6 @@
 """The resumable ``last/`` checkpoint: model, optimiser and RNG state without pickle.
 
-``last/`` holds the model as a regular checkpoint (``config.json`` + ``model.safetensors``),
+``last/`` contains the model as a regular checkpoint (``config.json`` + ``model.safetensors``),
 ``optimizer.safetensors`` (AdamW moments and step counts, the torch RNG states) and
 ``trainer_state.json`` (position in the run, best metrics, optimiser hyper-parameters). It is
 written to ``last.tmp/`` and swapped in by renames, so a crash leaves either the old or the new

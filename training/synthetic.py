@@ -19,7 +19,7 @@ Output layout, the MSR-VTT JSON-lines form read by ``training.datasets.read_capt
 Every clip is drawn from its own random stream, ``numpy.random.default_rng([seed, split, index])``,
 so the output depends only on the settings, not on the number of worker processes. Test clips
 take distinct (colour, shape, direction) combinations for their salient scene while there are
-enough of them, so a test caption usually has one right answer.
+enough of them, so a test caption usually matches one video only.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ class SyntheticConfig:
     seed: int = 0  # root of every clip's random stream
     size: int = 64  # frame width and height in pixels
     fps: int = 8  # frames per second
-    min_seconds: float = 3.0  # shortest clip duration
-    max_seconds: float = 4.0  # longest clip duration
+    min_seconds: float = 3.0  # minimum clip duration
+    max_seconds: float = 4.0  # maximum clip duration
     num_scenes: int = 3  # scenes per clip, one of them salient
     train_captions: int = 4  # captions per training clip
     test_captions: int = 1  # captions per test clip, one as in MSR-VTT 1k-A

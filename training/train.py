@@ -359,8 +359,8 @@ class Trainer:
         all_video = gather_with_local_grad(video.float(), self.context)  # [world * B, D]
         all_text = gather_with_local_grad(text.float(), self.context)  # [world * B, D]
         # Every rank computes the loss over the whole gathered batch but back-propagates only
-        # through its own shard; scaling by world size makes DDP's gradient average equal the
-        # gradient of the single-process loss over the global batch.
+        # through its own shard. Scaling by the world size makes DDP's gradient average equal
+        # the gradient of the single-process loss over the global batch.
         contrastive = contrastive_loss(all_video, all_text, self.model.clamped_logit_scale())
         loss = contrastive * self.context.world_size
         regression = torch.zeros((), device=self.device)
