@@ -56,6 +56,7 @@ def train_one(base: dict, data_dir: Path, run_dir: Path, head: str, seed: int, e
     config["data"]["train"]["annotations"] = str(data_dir / "train.jsonl")
     config["data"]["val"]["annotations"] = str(data_dir / "test.jsonl")
     config["schedule"]["save_dtype"] = "float32"
+    config["runtime"]["cache_dir"] = str(data_dir / "frame_cache")
     if epochs is not None:
         config["optim"]["epochs"] = epochs
     result = fit(TrainConfig.model_validate(config), resume=False)

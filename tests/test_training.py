@@ -256,3 +256,16 @@ def test_torchrun_two_cpu_processes(synth_dir, tmp_path):
     state = json.loads((output / "last" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert "rank 1 of 2" in completed.stderr
+
+
+def test_demo_checkpoint_loads():
+    demo = Path(__file__).resolve().parent.parent / "checkpoints" / "demo"
+
+    model = load_checkpoint(demo, device="cpu")
+    frames = np.zeros((2, model.config.num_frames, model.config.image_size, model.config.image_size, 3), np.uint8)
+    vectors = model.embed_videos(frames)
+
+    assert model.config.model_name == "pig-tiny"
+    assert model.config.head == "pig"
+    assert vectors.shape == (2, model.config.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
