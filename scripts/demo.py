@@ -82,11 +82,18 @@ def ensure_checkpoint(workdir: Path) -> Path:
     """Return the demo checkpoint, training it on synthetic data when it is not in the checkout."""
     if (DEMO_CHECKPOINT / "model.safetensors").exists():
         return DEMO_CHECKPOINT
-    trained = workdir / "checkpoint"
+    trained = workdir / "training" / "best"
     if (trained / "model.safetensors").exists():
         return trained
-    log("checkpoints/demo is missing: training a small PIG checkpoint on synthetic data (a few minutes)")
-    run([str(BIN / "pig-train"), "demo-checkpoint", "--out", str(trained), "--workdir", str(workdir / "training")])
+    log("checkpoints/demo is missing: training a small PIG checkpoint on synthetic data (several minutes)")
+    data = workdir / "training-data"
+    run([str(BIN / "pig-train"), "synth", "--out", str(data), "--train", "200", "--test", "96", "--seed", str(SYNTHETIC_SEED)])
+    run([
+        str(BIN / "pig-train"), "fit", "--config", str(REPO / "training" / "configs" / "demo.yaml"),
+        "--set", f"output_dir={workdir / 'training'}",
+        "--set", f"data.train.annotations={data / 'train.jsonl'}",
+        "--set", f"data.val.annotations={data / 'test.jsonl'}",
+    ])
     return trained
 
 

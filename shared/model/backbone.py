@@ -20,6 +20,13 @@ TINY_MODELS = tuple(sorted(path.stem for path in CONFIG_DIR.glob("*.json")))
 _registered = False
 
 
+class _DropRandomInitWarning(logging.Filter):
+    """Filter out open_clip's root-logger warning about random weights when they are intended."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
 def register_model_configs() -> None:
     """Register this package's small open_clip architectures once per process."""
     global _registered
@@ -70,7 +77,14 @@ def create_backbone(
 
     if pretrained is None:
         logger.info("building %s with random weights", model_name)
-        return open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+        # Random weights are intended here (a checkpoint or training fills them), so open_clip's
+        # warning would only mislead.
+        quiet = _DropRandomInitWarning()
+        logging.getLogger().addFilter(quiet)
+        try:
+            return open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+        finally:
+            logging.getLogger().removeFilter(quiet)
 
     weights_path = Path(pretrained).expanduser()
     if weights_path.is_file():
