@@ -12,12 +12,14 @@ import pytest
 from pydantic import ValidationError
 
 from search_api.settings import ApiSettings
+from shared.index_store import CURRENT_FILE, SNAPSHOTS_DIR
 
 from test_search_api_support import (
     build_index,
     create_index,
     environment_without_pig,
     free_port,
+    ingest,
     live_server,
     make_ffmpeg_clip,
     publish,
@@ -158,3 +160,27 @@ def test_empty_index_returns_no_results(tmp_path, published):
     body = response.json()
     assert body["results"] == []
     assert body["total_videos"] == 0
+
+
+def test_torn_current_snapshot_falls_back_at_start(tmp_path):
+    first = tmp_path / "videos" / "first.mp4"
+    second = tmp_path / "videos" / "second.mp4"
+    make_ffmpeg_clip(first, "testsrc=size=96x64:rate=10", 1)
+    make_ffmpeg_clip(second, "smptebars=size=96x64:rate=10", 1)
+    index_dir = tmp_path / "index"
+    checkpoint = build_index(index_dir, tiny_model(), [first])
+    older = (index_dir / CURRENT_FILE).read_text().strip()
+    ingest(index_dir, checkpoint, [second])
+    current = (index_dir / CURRENT_FILE).read_text().strip()
+    assert current != older
+
+    index_file = index_dir / SNAPSHOTS_DIR / current / "index.faiss"
+    index_file.write_bytes(index_file.read_bytes()[:100])
+
+    with live_server(index_dir) as server, server.client() as client:
+        ready = client.get("/readyz")
+        response = client.post("/search", json={"query": "bars", "top_k": 10})
+    assert ready.status_code == 200
+    assert ready.json()["snapshot_id"] == older
+    assert response.json()["index"]["snapshot_id"] == older
+    assert [hit["path"] for hit in response.json()["results"]] == [str(first.resolve())]

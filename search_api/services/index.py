@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -102,7 +103,9 @@ class IndexService:
             )
             await self._set_view(None)
             return
-        await self._set_view(await self._load(snapshot_id))
+        # At start-up there is nothing served yet, so a torn current snapshot falls back to the
+        # newest older one that verifies; a reload instead keeps what is already served.
+        await self._set_view(await self._load(snapshot_id, fallback=True))
 
     async def close(self) -> None:
         if self._reload_task is not None:
@@ -117,10 +120,11 @@ class IndexService:
         self._catalog_executor.shutdown(wait=True, cancel_futures=True)
         self._reload_executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _load(self, snapshot_id: str) -> Snapshot:
+    async def _load(self, snapshot_id: str, fallback: bool = False) -> Snapshot:
         loop = asyncio.get_running_loop()
         snapshot = await loop.run_in_executor(
-            self._reload_executor, load_snapshot, self.index_dir, snapshot_id
+            self._reload_executor,
+            functools.partial(load_snapshot, self.index_dir, snapshot_id, fallback=fallback),
         )
         if snapshot.model_fingerprint != self.model_fingerprint:
             raise IndexModelMismatchError(
