@@ -98,6 +98,16 @@ def test_config_loads_yaml_and_overrides(tmp_path, synth_dir):
     assert config.optim.betas == (0.9, 0.98)
 
 
+@pytest.mark.parametrize("name", ["demo.yaml", "msrvtt-9k-vitb32.yaml"])
+def test_shipped_configs_validate(name):
+    path = Path(__file__).resolve().parent.parent / "training" / "configs" / name
+
+    config = load_train_config(path)
+
+    assert config.model.head == "pig"
+    assert config.data.val is not None
+
+
 def test_config_rejects_unknown_key(tmp_path, synth_dir):
     path = tmp_path / "run.json"
     path.write_text(json.dumps(make_config(synth_dir, tmp_path, optim={"learning_rate": 1.0})))
