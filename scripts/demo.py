@@ -161,6 +161,7 @@ def main() -> None:
 
                 first = top5 = 0
                 chosen = captions[: args.queries]
+                record = []
                 for item in chosen:
                     response = client.post("/search", json={"query": item["caption"], "top_k": 5})
                     response.raise_for_status()
@@ -169,14 +170,17 @@ def main() -> None:
                     stems = [Path(r["path"]).stem for r in payload["results"]]
                     first += bool(stems) and stems[0] == item["video_id"]
                     top5 += item["video_id"] in stems
+                    record.append({"query": item["caption"], "described": item["video_id"], "results": stems})
                 for query in FREE_TEXT_QUERIES:
                     response = client.post("/search", json={"query": query, "top_k": 3})
                     response.raise_for_status()
                     print_results(query, response.json())
+                    record.append({"query": query, "described": None, "results": [r["path"] for r in response.json()["results"]]})
         finally:
             server.terminate()
             server.wait(timeout=30)
 
+    (workdir / "demo-results.json").write_text(json.dumps({"queries": record, "first": first, "top5": top5}, indent=1))
     print(f"\ndescribed clip ranked first for {first} of {len(chosen)} captions, in the top 5 for {top5}")
     print(f"indexed collection: {workdir / 'videos'}  index: {index_dir}  ({time.monotonic() - started:.0f} s)")
     print(f"query it again: {BIN / 'search-api'} --index-dir {index_dir} --port 8000, then")
