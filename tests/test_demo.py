@@ -33,7 +33,7 @@ def test_demo_finds_described_clips(tmp_path):
     assert free_text
     assert all(len(q["results"]) == 3 for q in free_text)
 
-    # The index stays behind for later queries, and the service was stopped.
+    # The index stays behind for later queries.
     assert (workdir / "index" / "CURRENT").is_file()
     assert "described clip ranked first for" in result.stdout
     status = subprocess.run(
