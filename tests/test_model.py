@@ -262,3 +262,13 @@ def test_quick_gelu_follows_tag_and_checkpoint(tmp_path):
     assert loaded.config.quick_gelu
     activations = [m for m in loaded.text_tower.transformer.modules() if isinstance(m, QuickGELU)]
     assert activations
+
+
+def test_checkpoint_files_readable_by_others(pig_model, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(pig_model, tmp_path / "ckpt")
+    finally:
+        os.umask(previous)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "ckpt" / name).stat().st_mode & 0o777 == 0o644

@@ -83,6 +83,11 @@ def save_checkpoint(
     with tempfile.NamedTemporaryFile(dir=target, suffix=".safetensors.tmp", delete=False) as handle:
         weights_tmp = Path(handle.name)
     save_file(tensors, str(weights_tmp), metadata={"format": "pt"})
+    # NamedTemporaryFile creates the file with mode 0600; give it the usual umask-based mode so
+    # other users of a shared index volume (the search service's user) can read it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(weights_tmp, 0o666 & ~umask)
     config_tmp = target / (CONFIG_FILE + ".tmp")
     config_tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     os.replace(weights_tmp, target / WEIGHTS_FILE)
