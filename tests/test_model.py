@@ -272,3 +272,15 @@ def test_checkpoint_files_readable_by_others(pig_model, tmp_path):
         os.umask(previous)
     for name in ("config.json", "model.safetensors"):
         assert (tmp_path / "ckpt" / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_frame_count_limit_named(tmp_path, pig_model):
+    with pytest.raises(ValueError, match="at most 58 frames"):
+        load_model(model_name="pig-tiny", head="pig", num_frames=100, device="cpu")
+    with pytest.raises(ValueError, match="at least 1"):
+        load_model(model_name="pig-tiny", head="meanp", num_frames=0, device="cpu")
+    assert load_model(model_name="pig-tiny", head="meanp", num_frames=100, device="cpu").config.num_frames == 100
+    save_checkpoint(pig_model, tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="--frames 58 or fewer"):
+        load_model(checkpoint=str(tmp_path / "ckpt"), num_frames=59, device="cpu")
+    assert load_model(checkpoint=str(tmp_path / "ckpt"), num_frames=58, device="cpu").config.num_frames == 58

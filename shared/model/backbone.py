@@ -76,7 +76,7 @@ def create_backbone(
         )
 
     if pretrained is None:
-        logger.info("building %s with random weights", model_name)
+        logger.debug("building %s with random weights", model_name)
         # Random weights are intended here (a checkpoint or training fills them), so open_clip's
         # warning would only mislead.
         quiet = _DropRandomInitWarning()
@@ -116,11 +116,12 @@ def create_backbone(
             model_name, pretrained=pretrained, cache_dir=cache_dir, force_quick_gelu=quick_gelu
         )
     except Exception as error:  # noqa: BLE001 - hub, network and file errors have no common base
+        logger.debug("download of %s / %s failed: %s", model_name, pretrained, error)
         raise BackboneUnavailableError(
             f"cannot load pretrained weights {model_name!r} / {pretrained!r}: they are not in the "
-            f"cache folder {cache} and could not be downloaded ({type(error).__name__}: {error}). "
+            f"cache folder {cache} and the download failed ({type(error).__name__}). "
             "Either download the weights file on a machine with internet access and pass its path "
-            f"(--pretrained /path/to/open_clip_model.safetensors), or try the pipeline offline with "
-            f"a small configuration (--model {TINY_MODELS[0]} without --pretrained, or a trained "
-            "--checkpoint)"
+            "(--pretrained /path/to/open_clip_model.safetensors), or try the pipeline offline with "
+            f"a trained --checkpoint DIR or the small configuration --model {TINY_MODELS[0]} "
+            "(random weights, for testing only). Set HF_HUB_OFFLINE=1 to skip the download attempts."
         ) from error

@@ -176,6 +176,31 @@ class PIGModel(nn.Module):
         return other
 
 
+def max_num_frames(head: str, num_selected_tokens: int, text_positions: int) -> int | None:
+    """Return the most frames per segment a head accepts, or None when it has no limit.
+
+    The pig head's pseudo-query generator reads 1 + 1 + T + K + 1 tokens through the text
+    transformer, so T is bounded by the text positions (77 for CLIP).
+    """
+    if head != "pig":
+        return None
+    return text_positions - num_selected_tokens - 3
+
+
+def check_num_frames(config: ModelConfig, num_frames: int, text_positions: int) -> None:
+    """Raise ValueError, naming the allowed range, when `num_frames` does not fit the model."""
+    if num_frames < 1:
+        raise ValueError(f"frames per segment must be at least 1, got {num_frames}")
+    limit = max_num_frames(config.head, config.head_options.num_selected_tokens, text_positions)
+    if limit is not None and num_frames > limit:
+        raise ValueError(
+            f"frames per segment {num_frames} is too many for the pig head: its pseudo-query "
+            f"generator fits at most {limit} frames ({text_positions} text positions minus "
+            f"{config.head_options.num_selected_tokens} selected patch tokens and 3 special tokens); "
+            f"use --frames {limit} or fewer"
+        )
+
+
 def build_model(
     model_name: str,
     pretrained: str | None = None,
@@ -193,16 +218,20 @@ def build_model(
     """
     if head not in HEAD_NAMES:
         raise UnknownModelError(f"unknown head {head!r}: expected one of {', '.join(HEAD_NAMES)}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
     if quick_gelu is None:
         quick_gelu = tag_uses_quick_gelu(model_name, pretrained)
     clip_model = create_backbone(model_name, pretrained, cache_dir=cache_dir, quick_gelu=quick_gelu)
+    options = head_options or HeadOptions()
+    check_num_frames(
+        ModelConfig(model_name=model_name, head=head, head_options=options),
+        num_frames,
+        clip_model.positional_embedding.shape[0],
+    )
     config = ModelConfig(
         model_name=model_name,
         pretrained=pretrained,
         head=head,
-        head_options=head_options or HeadOptions(),
+        head_options=options,
         num_frames=num_frames,
         image_size=int(clip_model.visual.image_size[0]),
         embed_dim=int(clip_model.visual.output_dim),
@@ -238,6 +267,8 @@ def load_model(
                 f"pass either a checkpoint ({checkpoint}) or a model name ({model_name}), not both"
             )
         model = load_checkpoint(checkpoint, device=str(torch_device), precision=precision)
+        if num_frames is not None:
+            check_num_frames(model.config, num_frames, model.text_tower.positional_embedding.shape[0])
         if num_frames is not None and num_frames != model.config.num_frames:
             logger.info("sampling %d frames per segment (checkpoint trained with %d)", num_frames, model.config.num_frames)
             model.config = replace(model.config, num_frames=num_frames)
@@ -248,7 +279,7 @@ def load_model(
         model_name,
         pretrained,
         head=head,
-        num_frames=num_frames or 12,
+        num_frames=num_frames if num_frames is not None else 12,
         cache_dir=cache_dir,
         precision=precision,
     )
