@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from shared.index_store import (
     SegmentToWrite,
     SnapshotCorruptError,
     SnapshotNotFoundError,
+    WriterLock,
     build_index,
     choose_index_type,
     list_snapshot_ids,
@@ -249,3 +253,49 @@ def test_ivfpq_build_measures_recall() -> None:
     assert built.index.ntotal == 10_000
     assert built.recall_at_10 is not None
     assert 0.0 < built.recall_at_10 <= 1.0
+
+
+def test_segments_list_duplicate_paths(index_dir: Path) -> None:
+    with Catalog(index_dir / CATALOG_FILE, read_only=False) as catalog:
+        original = add_video(catalog, "/videos/a.mp4", unit_vectors(2, seed=6), content_hash="h")
+        other = add_video(catalog, "/videos/b.mp4", unit_vectors(1, seed=7))
+        with catalog.transaction():
+            catalog.write_duplicate("/archive/z.mp4", 100, 1, "h", original)
+            catalog.write_duplicate("/archive/y.mp4", 100, 1, "h", original)
+
+    with Catalog(index_dir / CATALOG_FILE) as reader:
+        segments = reader.list_segments(original)
+        assert segments[0].duplicate_paths == ("/archive/y.mp4", "/archive/z.mp4")
+        assert segments[1].paths == ("/videos/a.mp4", "/archive/y.mp4", "/archive/z.mp4")
+        ids = [s.vector_id for s in segments] + [s.vector_id for s in reader.list_segments(other)]
+        found = reader.segments_for_vector_ids(ids)
+        assert found[ids[0]].paths == ("/videos/a.mp4", "/archive/y.mp4", "/archive/z.mp4")
+        assert found[ids[2]].paths == ("/videos/b.mp4",)
+        assert reader.get_video(original).paths == segments[0].paths
+
+
+def _read_only_mount_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _read_only_mount_works(), reason="needs `unshare -m` to bind-mount read-only")
+def test_readers_on_read_only_mount(index_dir: Path) -> None:
+    with Catalog(index_dir / CATALOG_FILE, read_only=False) as catalog:
+        add_video(catalog, "/videos/a.mp4", unit_vectors(2, seed=8))
+    with WriterLock(index_dir):
+        pass  # leaves writer.lock behind, as every ingest does
+    # Closing the last connection removed the -wal and -shm files, as after any clean exit.
+    assert not (index_dir / f"{CATALOG_FILE}-shm").exists()
+    script = (
+        "import sys; from shared.index_store import Catalog, WriterLock; "
+        "c = Catalog(sys.argv[1] + '/catalog.sqlite'); print(c.count_segments()); "
+        "print(WriterLock(sys.argv[1]).is_held_by_other())"
+    )
+    mount = f"mount --bind -o ro {index_dir} {index_dir} && {sys.executable} -c \"{script}\" {index_dir}"
+    result = subprocess.run(["unshare", "-m", "sh", "-c", mount], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "False"]

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,11 @@ class VideoRecord:
     updated_at: str  # ISO 8601 UTC time of the last change
     duplicate_paths: tuple[str, ...] = ()  # other files with the same content
 
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every path of the video's content: ``path`` first, then ``duplicate_paths``."""
+        return (self.path, *self.duplicate_paths)
+
 
 @dataclass(frozen=True)
 class SegmentRecord:
@@ -139,6 +145,16 @@ class SegmentRecord:
     start_s: float  # segment start, seconds from the start of the video
     end_s: float  # segment end, seconds
     path: str  # the video's path
+    duplicate_paths: tuple[str, ...] = ()  # other files with the video's content, sorted
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every path of the segment's video: ``path`` first, then ``duplicate_paths``.
+
+        A path filter (such as a search's path prefix) should match any of these, because a
+        byte-identical copy is indexed once under the first path only.
+        """
+        return (self.path, *self.duplicate_paths)
 
 
 @dataclass(frozen=True)
@@ -185,8 +201,7 @@ class Catalog:
         if connection is not None:
             return connection
         if self.read_only:
-            uri = f"{self.path.resolve().as_uri()}?mode=ro"
-            connection = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
+            connection = self._connect_read_only()
         else:
             # Autocommit mode; transactions are explicit (see transaction()).
             connection = sqlite3.connect(
@@ -199,6 +214,24 @@ class Catalog:
         with self._connections_lock:
             self._connections.append(connection)
         return connection
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        connection = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
+        try:
+            connection.execute("PRAGMA schema_version").fetchone()
+            return connection
+        except sqlite3.OperationalError:
+            connection.close()
+            if os.access(self.path.parent, os.W_OK):
+                raise
+        # A WAL database whose -shm file is missing cannot be opened read-only in a directory
+        # this process cannot write to (a read-only mount, for example), because SQLite must
+        # create that file. Without it no writer can be active, so the file is read as
+        # immutable. NOTE: a connection opened this way does not see later commits of a writer
+        # that has write access to the directory.
+        logger.info("catalog %s is in a read-only directory; reading it as immutable", self.path)
+        return sqlite3.connect(f"{uri}&immutable=1", uri=True, timeout=30.0, check_same_thread=False)
 
     def close(self) -> None:
         """Close every connection this instance opened, in any thread."""
@@ -296,7 +329,7 @@ class Catalog:
             ).fetchall()
             for row in rows:
                 result[int(row["id"])] = _segment_from_row(row)
-        return result
+        return self._with_duplicate_paths(result)
 
     def list_segments(self, video_id: int) -> list[SegmentRecord]:
         """Return a video's segments in time order."""
@@ -306,7 +339,34 @@ class Catalog:
             "WHERE s.video_id = ? ORDER BY s.segment_index",
             (int(video_id),),
         ).fetchall()
-        return [_segment_from_row(row) for row in rows]
+        segments = self._with_duplicate_paths({i: _segment_from_row(row) for i, row in enumerate(rows)})
+        return list(segments.values())
+
+    def duplicate_paths_of(self, video_ids: Iterable[int]) -> dict[int, tuple[str, ...]]:
+        """Map indexed video ids to the sorted paths of their duplicates; ids without any are absent."""
+        requested_ids = sorted({int(i) for i in video_ids})
+        result: dict[int, list[str]] = {}
+        connection = self._connection()
+        for start in range(0, len(requested_ids), 500):
+            chunk = requested_ids[start : start + 500]
+            placeholders = ",".join("?" * len(chunk))
+            rows = connection.execute(
+                f"SELECT duplicate_of, path FROM videos WHERE status = ? AND duplicate_of IN ({placeholders}) "
+                "ORDER BY path",
+                (STATUS_DUPLICATE, *chunk),
+            ).fetchall()
+            for row in rows:
+                result.setdefault(int(row["duplicate_of"]), []).append(str(row["path"]))
+        return {video_id: tuple(paths) for video_id, paths in result.items()}
+
+    def _with_duplicate_paths(self, segments: dict[int, SegmentRecord]) -> dict[int, SegmentRecord]:
+        duplicates = self.duplicate_paths_of(s.video_id for s in segments.values())
+        if not duplicates:
+            return segments
+        return {
+            key: replace(segment, duplicate_paths=duplicates.get(segment.video_id, ()))
+            for key, segment in segments.items()
+        }
 
     def get_video(self, video_id: int) -> VideoRecord | None:
         """Return one video by id, with the paths of its duplicates, or None."""

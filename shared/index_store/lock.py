@@ -41,10 +41,15 @@ class WriterLock:
         self._fd = fd
 
     def is_held_by_other(self) -> bool:
-        """Return True when another process holds the lock (the check takes and drops it)."""
-        if not self.path.exists():
+        """Return True when another process holds the lock (the check takes and drops it).
+
+        The lock file is opened read-only, because ``flock`` needs no write access, so readers
+        such as ``indexer status`` also work on an index on a read-only file system.
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
             return False
-        fd = os.open(self.path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -52,6 +57,14 @@ class WriterLock:
         finally:
             os.close(fd)
         return False
+
+    def holder_pid(self) -> int | None:
+        """Return the pid the current or last holder wrote into the lock file, or None."""
+        try:
+            text = self.path.read_text(encoding="ascii", errors="replace").strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
 
     def release(self) -> None:
         """Drop the lock."""
