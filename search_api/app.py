@@ -16,6 +16,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from pydantic_settings import SettingsError as SettingsSourceError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.video import VideoError
@@ -23,15 +24,17 @@ from shared.video import VideoError
 from search_api.metrics import ServiceMetrics
 from search_api.middleware import (
     BodySizeLimitMiddleware,
+    LifespanErrorMiddleware,
     RequestContextMiddleware,
     SettingsCORSMiddleware,
     request_id_var,
 )
 from search_api.routes import health, search, videos
 from search_api.services.batcher import BatcherClosedError
+from search_api.services.links import LinkSigner
 from search_api.services.media import InvalidTimeError, VideoFileMissingError, VideoNotFoundError
 from search_api.services.search import RequestLimitError
-from search_api.settings import ApiSettings
+from search_api.settings import ApiSettings, describe_settings_error
 from search_api.state import start_services, stop_services
 
 logger = logging.getLogger(__name__)
@@ -46,11 +49,10 @@ def load_settings() -> ApiSettings:
     try:
         return ApiSettings()
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: {item['msg']}"
-            for item in error.errors()
-        )
-        raise SettingsError(f"invalid search service settings: {problems}") from error
+        problems = "; ".join(describe_settings_error(error))
+        raise SettingsError(f"invalid search service settings: {problems}") from None
+    except SettingsSourceError as error:
+        raise SettingsError(f"invalid search service settings: {error}") from None
 
 
 def _configure_logging(settings: ApiSettings) -> None:
@@ -64,9 +66,16 @@ def _configure_logging(settings: ApiSettings) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if app.state.settings is None:
-        app.state.settings = load_settings()
-    _configure_logging(app.state.settings)
-    services = await start_services(app.state.settings, app.state.metrics)
+        try:
+            app.state.settings = load_settings()
+        except SettingsError as error:
+            # LifespanErrorMiddleware reports this message instead of a traceback.
+            app.state.startup_error = str(error)
+            raise
+    settings = app.state.settings
+    _configure_logging(settings)
+    app.state.links = LinkSigner(settings.api_key, settings.link_lifetime_s)
+    services = await start_services(settings, app.state.metrics, app.state.links)
     app.state.services = services
     try:
         yield
@@ -74,8 +83,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await stop_services(services)
 
 
-def _validation_detail(field: str, message: str) -> list[dict[str, object]]:
-    return [{"loc": ["body", field], "msg": message, "type": "value_error"}]
+def _validation_detail(
+    field: str, message: str, location: str = "body"
+) -> list[dict[str, object]]:
+    return [{"loc": [location, field], "msg": message, "type": "value_error"}]
 
 
 def _install_exception_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
@@ -120,7 +131,7 @@ def _install_exception_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     @app.exception_handler(InvalidTimeError)
     async def on_invalid_time(request: Request, error: InvalidTimeError) -> JSONResponse:
         log_client_error(request, 422, str(error))
-        return JSONResponse({"detail": _validation_detail("t", str(error))}, status_code=422)
+        return JSONResponse({"detail": _validation_detail("t", str(error), "query")}, status_code=422)
 
     @app.exception_handler(VideoError)
     async def on_video_error(request: Request, error: VideoError) -> JSONResponse:
@@ -157,6 +168,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.services = None
+    app.state.startup_error = None
+    app.state.links = None
 
     app.include_router(search.router)
     app.include_router(videos.router)
@@ -167,6 +180,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, get_settings=lambda: app.state.settings)
     app.add_middleware(SettingsCORSMiddleware, get_settings=lambda: app.state.settings)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(LifespanErrorMiddleware, get_message=lambda: app.state.startup_error)
     return app
 
 

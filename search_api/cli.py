@@ -8,8 +8,9 @@ import sys
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from search_api.settings import ApiSettings
+from search_api.settings import ApiSettings, describe_settings_error, settings_help
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Serve text-to-video search over an index built by `indexer ingest`. Every option "
             "left unset falls back to its PIG_* environment variable, then to its default."
         ),
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--index-dir", help="index directory (PIG_INDEX_DIR)")
     parser.add_argument(
@@ -67,13 +70,21 @@ def settings_from_args(args: argparse.Namespace) -> ApiSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         settings = settings_from_args(args)
     except ValidationError as error:
-        for item in error.errors():
-            field = ".".join(str(part) for part in item["loc"]) or "settings"
-            print(f"search-api: invalid setting {field}: {item['msg']}", file=sys.stderr)
+        options = {
+            action.dest: action.option_strings[0]
+            for action in parser._actions
+            if action.option_strings and action.dest != "help"
+        }
+        for line in describe_settings_error(error, options):
+            print(f"search-api: {line}", file=sys.stderr)
+        return 2
+    except SettingsError as error:
+        print(f"search-api: invalid settings: {error}", file=sys.stderr)
         return 2
 
     logging.basicConfig(

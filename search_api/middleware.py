@@ -82,8 +82,7 @@ class RequestContextMiddleware:
             )
             await response(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            route_label = getattr(route, "path", None) or "unmatched"
+            route_label = _route_label(scope)
             self.metrics.requests.labels(
                 route=route_label, method=scope["method"], status=str(status_code)
             ).inc()
@@ -91,6 +90,50 @@ class RequestContextMiddleware:
                 time.perf_counter() - started
             )
             request_id_var.reset(token)
+
+
+def _route_label(scope: Scope) -> str:
+    """Return the route template of a served request, or "unmatched".
+
+    FastAPI's own routes put themselves in the scope. Plain Starlette routes, such as /docs
+    and /openapi.json, only leave their endpoint, so the template is looked up by it.
+    """
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", "unmatched"))
+    endpoint = scope.get("endpoint")
+    app = scope.get("app")
+    if endpoint is not None and app is not None:
+        for candidate in getattr(app, "routes", ()):
+            if getattr(candidate, "endpoint", None) is endpoint:
+                return str(getattr(candidate, "path", "unmatched"))
+    return "unmatched"
+
+
+class LifespanErrorMiddleware:
+    """Report a known start-up error as its one-line message instead of a traceback.
+
+    Starlette puts the whole traceback into the ``lifespan.startup.failed`` message, which
+    uvicorn logs. When the lifespan stored a message (``get_message`` returns it), that
+    message replaces the traceback.
+    """
+
+    def __init__(self, app: ASGIApp, get_message: Callable[[], str | None]) -> None:
+        self.app = app
+        self.get_message = get_message
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_short_failure(message: Message) -> None:
+            known = self.get_message()
+            if message["type"] == "lifespan.startup.failed" and known:
+                message = {**message, "message": known}
+            await send(message)
+
+        await self.app(scope, receive, send_short_failure)
 
 
 class BodySizeLimitMiddleware:
@@ -157,7 +200,7 @@ class SettingsCORSMiddleware:
             self._cors = CORSMiddleware(
                 self.app,
                 allow_origins=self._origins,
-                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
                 allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Range"],
                 expose_headers=["X-Request-ID", "Content-Range", "Accept-Ranges"],
             )

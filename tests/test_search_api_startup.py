@@ -184,3 +184,57 @@ def test_torn_current_snapshot_falls_back_at_start(tmp_path):
     assert ready.json()["snapshot_id"] == older
     assert response.json()["index"]["snapshot_id"] == older
     assert [hit["path"] for hit in response.json()["results"]] == [str(first.resolve())]
+
+
+@pytest.mark.parametrize("value", ["http://localhost:3000, https://a.example",
+                                   '["http://localhost:3000", "https://a.example"]'])
+def test_cors_origins_comma_or_json(small_index, monkeypatch, value):
+    monkeypatch.setenv("PIG_CORS_ORIGINS", value)
+    settings = ApiSettings(index_dir=small_index)
+    assert settings.cors_origins == ["http://localhost:3000", "https://a.example"]
+
+
+def test_cli_reports_one_line_per_setting(small_index):
+    env = {**environment_without_pig(), "PIG_MAX_TOP_K": "many", "PIG_API_KEY": " "}
+    result = subprocess.run(
+        [str(VENV_BIN / "search-api"), "--index-dir", str(small_index), "--port", "99999"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert any("PIG_MAX_TOP_K 'many'" in line and "valid integer" in line for line in lines)
+    assert any("PIG_PORT (--port) 99999" in line for line in lines)
+    assert any("PIG_API_KEY" in line and "unset PIG_API_KEY" in line for line in lines)
+
+
+def test_cli_missing_index_dir_reads_cleanly(tmp_path):
+    missing = tmp_path / "absent"
+    result = subprocess.run(
+        [str(VENV_BIN / "search-api"), "--index-dir", str(missing)],
+        env=environment_without_pig(), capture_output=True, text=True, timeout=120,
+    )
+    assert result.stderr.startswith(f"search-api: invalid PIG_INDEX_DIR (--index-dir) '{missing}'")
+    assert "Value error" not in result.stderr
+
+
+def test_cli_help_lists_every_setting():
+    result = subprocess.run([str(VENV_BIN / "search-api"), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0
+    for name in ApiSettings.model_fields:
+        assert f"PIG_{name.upper()} (" in result.stdout, name
+
+
+def test_uvicorn_settings_error_has_no_traceback(tmp_path):
+    env = {**environment_without_pig(), "PIG_INDEX_DIR": str(tmp_path / "absent"),
+           "PIG_CORS_ORIGINS": "http://localhost:3000"}
+    result = subprocess.run(
+        [str(VENV_BIN / "uvicorn"), "search_api.app:app", "--port", str(free_port())],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert f"invalid PIG_INDEX_DIR '{tmp_path / 'absent'}'" in result.stderr
+    assert "PIG_CORS_ORIGINS" not in result.stderr
