@@ -11,7 +11,8 @@ import torch
 from shared.model import load_checkpoint, model_fingerprint
 
 from search_api.metrics import ServiceMetrics
-from search_api.services.encoder import QueryEncoder
+from search_api.services.encoder import QueryEncoder, ServedModel
+from search_api.services.links import LinkSigner
 from search_api.services.index import IndexService
 from search_api.services.media import MediaService
 from search_api.services.search import SearchService
@@ -27,60 +28,83 @@ class Services:
     """Everything a request needs, created in the lifespan and kept on ``app.state``."""
 
     settings: ApiSettings
-    model_name: str
-    model_fingerprint: str
     encoder: QueryEncoder
     index: IndexService
     search: SearchService
     media: MediaService
+    links: LinkSigner
     ready: bool = False
     stopping: bool = field(default=False)
 
 
-async def start_services(settings: ApiSettings, metrics: ServiceMetrics) -> Services:
-    """Load the model and the index, start the worker threads and encode one real query."""
-    torch.set_num_threads(settings.torch_threads)
-
-    # The model is loaded on the encoding thread that later runs every forward pass.
-    encode_executor = QueryEncoder.create_executor(settings.torch_threads)
-    loop = asyncio.get_running_loop()
-    model = await loop.run_in_executor(
-        encode_executor, lambda: load_checkpoint(settings.model_dir, device=settings.device)
-    )
+def load_served_model(settings: ApiSettings) -> ServedModel:
+    """Load the text model from ``settings.model_dir`` and log what was loaded and where."""
+    model = load_checkpoint(settings.model_dir, device=settings.device)
     model.eval()
-    fingerprint = model_fingerprint(model)
-    model_name = model.config.model_name
+    device = str(next(model.parameters()).device)
+    served = ServedModel(
+        model=model,
+        fingerprint=model_fingerprint(model),
+        name=model.config.model_name,
+        device=device,
+    )
     logger.info(
-        "loaded model %s (fingerprint %s, head %s, D=%d) from %s on %s with %d torch threads",
-        model_name,
-        fingerprint,
+        "loaded model %s (fingerprint %s, head %s, D=%d) from %s on %s (PIG_DEVICE=%s) "
+        "with %d torch threads",
+        served.name,
+        served.fingerprint,
         model.config.head,
         model.config.embed_dim,
         settings.model_dir,
+        device,
         settings.device,
         settings.torch_threads,
     )
+    return served
+
+
+def load_and_warm_up(settings: ApiSettings) -> ServedModel:
+    """Load the model and encode one query with it, so a swapped-in model is known to work."""
+    served = load_served_model(settings)
+    served.model.embed_queries([WARM_UP_QUERY])
+    return served
+
+
+async def start_services(
+    settings: ApiSettings, metrics: ServiceMetrics, links: LinkSigner
+) -> Services:
+    """Load the model and the index, start the worker threads and encode one real query."""
+    torch.set_num_threads(settings.torch_threads)
+
+    # The first model is loaded on the encoding thread; a model swapped in after a rebuild
+    # is loaded on the reload thread, so queries keep running meanwhile.
+    encode_executor = QueryEncoder.create_executor(settings.torch_threads)
+    loop = asyncio.get_running_loop()
+    served = await loop.run_in_executor(encode_executor, load_served_model, settings)
 
     encoder = QueryEncoder(
-        model,
-        fingerprint,
         executor=encode_executor,
         max_batch_size=settings.max_batch_size,
         batch_wait_ms=settings.batch_wait_ms,
         cache_size=settings.cache_size,
         metrics=metrics,
     )
-    index = IndexService(settings.index_dir, fingerprint, settings.reload_interval_s, metrics)
-    search = SearchService(settings, encoder, index, metrics)
+    index = IndexService(
+        settings.index_dir,
+        served,
+        settings.reload_interval_s,
+        metrics,
+        model_loader=(lambda: load_and_warm_up(settings)) if settings.follows_index_model else None,
+    )
+    search = SearchService(settings, encoder, index, links, metrics)
     media = MediaService(index, settings.thumbnail_size)
     services = Services(
         settings=settings,
-        model_name=model_name,
-        model_fingerprint=fingerprint,
         encoder=encoder,
         index=index,
         search=search,
         media=media,
+        links=links,
     )
     try:
         await index.open()
@@ -95,7 +119,7 @@ async def start_services(settings: ApiSettings, metrics: ServiceMetrics) -> Serv
         encoder.start()
         search.start()
         # Readiness means a real query went through the encoder, not only that weights loaded.
-        await encoder.encode(WARM_UP_QUERY)
+        await encoder.encode(WARM_UP_QUERY, index.view.model)
     except BaseException:
         await stop_services(services)
         raise

@@ -6,14 +6,24 @@ import asyncio
 import logging
 import re
 import shutil
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
-from shared.index_store import CURRENT_FILE, SNAPSHOTS_DIR
+from shared.index_store import CATALOG_FILE, CURRENT_FILE, SNAPSHOTS_DIR, Catalog
 
-from test_search_api_support import build_index, ingest, live_server, make_video_folder, tiny_model
+from test_search_api_support import (
+    build_index,
+    environment_without_pig,
+    ingest,
+    live_server,
+    make_ffmpeg_clip,
+    make_video_folder,
+    tiny_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +133,63 @@ def test_torn_snapshot_keeps_current(setup, caplog):
     finally:
         (index_dir / CURRENT_FILE).write_text(current + "\n")
         shutil.rmtree(index_dir / SNAPSHOTS_DIR / torn_id)
+
+
+def rebuild_with_other_model(index_dir, clip) -> None:
+    """Rebuild the index with a fresh pig-tiny model and the meanp head, as a user would."""
+    command = [
+        sys.executable, "-m", "indexer.cli", "ingest", str(clip), "--index-dir", str(index_dir),
+        "--model", "pig-tiny", "--head", "meanp", "--rebuild", "--segment-seconds", "4",
+        "--workers", "1", "--device", "cpu", "--no-progress",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env=environment_without_pig())
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_rebuild_swaps_model_and_snapshot(tmp_path):
+    clip = tmp_path / "videos" / "bars.mp4"
+    make_ffmpeg_clip(clip, "smptebars=size=96x64:rate=10", 2)
+    build_index(tmp_path / "index", tiny_model(), [clip])
+    with live_server(tmp_path / "index", reload_interval_s=0.1) as server, server.client() as client:
+        old = client.get("/readyz").json()
+        rebuild_with_other_model(tmp_path / "index", clip)
+        wait_for(lambda: client.get("/readyz").json()["snapshot_id"] != old["snapshot_id"])
+        ready = client.get("/readyz")
+        response = client.post("/search", json={"query": "bars", "top_k": 5})
+        video_id = response.json()["results"][0]["video_id"]
+        detail = client.get(f"/videos/{video_id}")
+    assert ready.status_code == 200
+    assert ready.json()["model_fingerprint"] != old["model_fingerprint"]
+    assert response.status_code == 200
+    assert response.json()["index"]["model_fingerprint"] == ready.json()["model_fingerprint"]
+    assert [hit["path"] for hit in response.json()["results"]] == [str(clip.resolve())]
+    assert detail.status_code == 200
+
+
+@pytest.mark.slow
+def test_rebuild_with_explicit_checkpoint_is_503(tmp_path, caplog):
+    clip = tmp_path / "videos" / "bars.mp4"
+    make_ffmpeg_clip(clip, "smptebars=size=96x64:rate=10", 2)
+    checkpoint = build_index(tmp_path / "index", tiny_model(), [clip])
+    caplog.set_level(logging.ERROR, logger="search_api.services.index")
+    with live_server(tmp_path / "index", checkpoint=checkpoint, reload_interval_s=0.1) as server, \
+            server.client() as client:
+        old_fingerprint = client.get("/readyz").json()["model_fingerprint"]
+        rebuild_with_other_model(tmp_path / "index", clip)
+        wait_for(lambda: client.get("/readyz").status_code == 503)
+        ready = client.get("/readyz").json()
+        response = client.post("/search", json={"query": "bars"})
+        time.sleep(0.5)  # several more reload polls, which must not log the mismatch again
+    assert response.status_code == 503
+    catalog = Catalog(tmp_path / "index" / CATALOG_FILE, read_only=True)
+    new_fingerprint = catalog.model_fingerprint()
+    catalog.close()
+    assert new_fingerprint != old_fingerprint
+    for text in (ready["detail"], response.json()["detail"]):
+        assert old_fingerprint in text
+        assert new_fingerprint in text
+        assert "restart" in text
+    mismatch_logs = [r for r in caplog.records if "until restarted" in r.getMessage()]
+    assert len(mismatch_logs) == 1

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
+import httpx
 import pytest
+from pydantic import SecretStr, ValidationError
+
+from search_api.services.links import LinkSigner
+from search_api.settings import ApiSettings
 
 from test_search_api_support import build_index, live_server, make_ffmpeg_clip, tiny_model
 
@@ -69,3 +76,38 @@ def test_cors_allows_configured_origin(server):
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == ORIGIN
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_signed_links_work_without_header(server):
+    with server.client(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        hit = client.post("/search", json={"query": "bars", "top_k": 1}).json()["results"][0]
+    assert "sig=" in hit["file_url"]
+    assert "exp=" in hit["file_url"]
+    assert API_KEY not in hit["file_url"]
+    with httpx.Client(timeout=60.0) as browser:
+        assert browser.get(hit["file_url"]).status_code == 200
+        thumbnail = browser.get(hit["thumbnail_url"])
+        assert thumbnail.status_code == 200
+        assert thumbnail.headers["content-type"] == "image/jpeg"
+
+        tampered = hit["file_url"].replace(f"/videos/{hit['video_id']}/", "/videos/999/")
+        assert browser.get(tampered).status_code == 403
+        wrong_signature = httpx.URL(hit["file_url"]).copy_set_param("sig", "x" * 43)
+        assert browser.get(wrong_signature).status_code == 403
+
+
+def test_expired_link_is_401(server):
+    # A link signed with the right key an hour and a bit ago.
+    signer = LinkSigner(SecretStr(API_KEY), lifetime_s=60, clock=lambda: time.time() - 4000)
+    expired = signer.url(server.base_url, "/videos/1/file")
+    with httpx.Client(timeout=60.0) as browser:
+        response = browser.get(expired)
+    assert response.status_code == 401
+    assert "expired" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_blank_api_key_rejected(tmp_path, value):
+    with pytest.raises(ValidationError) as error:
+        ApiSettings(index_dir=tmp_path, api_key=value)
+    assert "unset PIG_API_KEY to disable authentication" in str(error.value)

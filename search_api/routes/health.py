@@ -7,15 +7,15 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from search_api.routes.dependencies import require_api_key
-from search_api.schemas import HealthStatus
+from search_api.schemas import HealthStatus, Liveness
 from search_api.state import Services
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=HealthStatus, summary="The process is alive")
-async def healthz() -> HealthStatus:
-    return HealthStatus(status="ok")
+@router.get("/healthz", response_model=Liveness, summary="The process is alive")
+async def healthz() -> Liveness:
+    return Liveness(status="ok")
 
 
 @router.get(
@@ -30,13 +30,15 @@ async def readyz(request: Request) -> JSONResponse:
         body = HealthStatus(status="starting", detail="the model or the index is still loading")
         return JSONResponse(body.model_dump(), status_code=503)
     view = services.index.view
+    mismatch = services.index.mismatch
     body = HealthStatus(
-        status="ready",
+        status="ready" if mismatch is None else "model_mismatch",
         snapshot_id=view.snapshot_id,
         vector_count=view.vector_count,
-        model_fingerprint=services.model_fingerprint,
+        model_fingerprint=view.model.fingerprint,
+        detail=mismatch,
     )
-    return JSONResponse(body.model_dump())
+    return JSONResponse(body.model_dump(), status_code=200 if mismatch is None else 503)
 
 
 @router.get(

@@ -24,6 +24,20 @@ class TextEncoderModel(Protocol):
     def embed_queries(self, texts: list[str]) -> tuple[np.ndarray, tuple[bool, ...]]: ...
 
 
+@dataclass(frozen=True, eq=False)
+class ServedModel:
+    """A loaded text model with the fingerprint of its weights.
+
+    The index view pairs it with the snapshot whose vectors it made, so a model swap after
+    a rebuild replaces both with one assignment.
+    """
+
+    model: TextEncoderModel
+    fingerprint: str
+    name: str
+    device: str
+
+
 @dataclass(frozen=True)
 class EncodedQuery:
     """Embedding of one query text."""
@@ -64,28 +78,27 @@ class EmbeddingCache:
 
 
 class QueryEncoder:
-    """Encode query texts with the model's text tower on a single worker thread.
+    """Encode query texts with a model's text tower on a single worker thread.
 
-    The worker thread (see ``create_executor``) owns every torch call of the service, so the number of threads stays fixed whatever the request rate. Concurrent
-    queries are grouped into one ``embed_queries`` call of at most ``max_batch_size`` texts.
+    The worker thread (see ``create_executor``) runs every forward pass of the service, so
+    the number of threads stays fixed whatever the request rate. Concurrent queries are
+    grouped into one ``embed_queries`` call per model of at most ``max_batch_size`` texts.
+    Each query names its model, so queries that started before a model swap finish on the
+    old model.
     """
 
     def __init__(
         self,
-        model: TextEncoderModel,
-        fingerprint: str,
         executor: ThreadPoolExecutor,
         max_batch_size: int,
         batch_wait_ms: float,
         cache_size: int,
         metrics: ServiceMetrics,
     ) -> None:
-        self.model = model
-        self.fingerprint = fingerprint
         self.cache = EmbeddingCache(cache_size)
         self._metrics = metrics
         self.executor = executor
-        self._batcher: MicroBatcher[str, tuple[np.ndarray, bool]] = MicroBatcher(
+        self._batcher: MicroBatcher[tuple[ServedModel, str], tuple[np.ndarray, bool]] = MicroBatcher(
             "encode",
             self._encode_batch,
             self.executor,
@@ -114,28 +127,36 @@ class QueryEncoder:
     def _record_batch(self, size: int, seconds: float) -> None:
         self._metrics.encode_batch_size.observe(size)
 
-    def _encode_batch(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
-        # Runs on the encoding thread. Duplicates in one batch are encoded once.
-        unique = list(dict.fromkeys(texts))
-        # [B, D] float32, L2-normalised, on the CPU; autocast applies on CUDA devices.
-        embeddings, truncated = self.model.embed_queries(unique)
-        by_text = {
-            text: (embeddings[row], bool(truncated[row])) for row, text in enumerate(unique)
-        }
-        return [by_text[text] for text in texts]
+    def _encode_batch(
+        self, items: list[tuple[ServedModel, str]]
+    ) -> list[tuple[np.ndarray, bool]]:
+        # Runs on the encoding thread: one forward pass per model in the batch, and
+        # duplicates of one model are encoded once.
+        texts_by_model: dict[str, tuple[ServedModel, dict[str, None]]] = {}
+        for served, text in items:
+            texts_by_model.setdefault(served.fingerprint, (served, {}))[1][text] = None
+        encoded: dict[tuple[str, str], tuple[np.ndarray, bool]] = {}
+        for fingerprint, (served, texts) in texts_by_model.items():
+            unique = list(texts)
+            # [B, D] float32, L2-normalised, on the CPU; autocast applies on CUDA devices.
+            embeddings, truncated = served.model.embed_queries(unique)
+            for row, text in enumerate(unique):
+                encoded[(fingerprint, text)] = (embeddings[row], bool(truncated[row]))
+        return [encoded[(served.fingerprint, text)] for served, text in items]
 
-    def encode_now(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
+    def encode_now(self, served: ServedModel, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
         """Encode texts synchronously on the encoding thread, bypassing batching and cache."""
-        return self.executor.submit(self._encode_batch, texts).result()
+        items = [(served, text) for text in texts]
+        return self.executor.submit(self._encode_batch, items).result()
 
-    async def encode(self, text: str) -> EncodedQuery:
-        """Return the embedding of one query, from the cache or from a batched forward pass."""
-        cached = self.cache.get(self.fingerprint, text)
+    async def encode(self, text: str, served: ServedModel) -> EncodedQuery:
+        """Return the embedding of one query by ``served``, from the cache or a forward pass."""
+        cached = self.cache.get(served.fingerprint, text)
         if cached is not None:
             self._metrics.query_cache.labels(result="hit").inc()
             return EncodedQuery(embedding=cached[0], truncated=cached[1], cached=True)
         self._metrics.query_cache.labels(result="miss").inc()
 
-        embedding, truncated = await self._batcher.submit(text)
-        self.cache.put(self.fingerprint, text, embedding, truncated)
+        embedding, truncated = await self._batcher.submit((served, text))
+        self.cache.put(served.fingerprint, text, embedding, truncated)
         return EncodedQuery(embedding=embedding, truncated=truncated, cached=False)

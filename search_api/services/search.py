@@ -20,6 +20,7 @@ from search_api.services.batcher import MicroBatcher
 from search_api.services.catalog_records import SegmentRecord, VideoRecord, segments_by_vector_id
 from search_api.services.encoder import QueryEncoder
 from search_api.services.index import IndexService, IndexView
+from search_api.services.links import LinkSigner
 from search_api.settings import ApiSettings
 
 logger = logging.getLogger(__name__)
@@ -81,11 +82,13 @@ class SearchService:
         settings: ApiSettings,
         encoder: QueryEncoder,
         index: IndexService,
+        links: LinkSigner,
         metrics: ServiceMetrics,
     ) -> None:
         self.settings = settings
         self.encoder = encoder
         self.index = index
+        self.links = links
         self._metrics = metrics
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pig-faiss")
         # Concurrent queries share one FAISS call, which turns Q matrix-vector products over
@@ -129,36 +132,40 @@ class SearchService:
         """Run one validated search request; ``base_url`` prefixes the returned URLs."""
         started = time.perf_counter()
         query = validate_search_request(request, self.settings)
-        # Read the served view once: a reload during this request does not affect it.
+        # Read the served view once: a reload or model swap during this request does not
+        # affect it, so the query is encoded by the model that made the snapshot's vectors.
         view = self.index.view
 
         encode_started = time.perf_counter()
-        encoded = await self.encoder.encode(query)
+        encoded = await self.encoder.encode(query, view.model)
         self._metrics.stage_latency.labels(stage="encode").observe(
             time.perf_counter() - encode_started
         )
 
         hits = await self._ranked_videos(view, encoded.embedding, request)
         page = hits[request.offset : request.offset + request.top_k]
-        results = [
-            SearchHit(
-                video_id=video.video_id,
-                path=video.path,
-                score=score,
-                rank=request.offset + position + 1,
-                start_s=segment.start_s,
-                end_s=segment.end_s,
-                duration_s=video.duration_s,
-                thumbnail_url=thumbnail_url(base_url, video.video_id, segment),
-                file_url=f"{base_url}/videos/{video.video_id}/file",
+        results = []
+        for position, (score, segment, video) in enumerate(page):
+            path = matching_path(video, request.path_prefix)
+            results.append(
+                SearchHit(
+                    video_id=video.video_id,
+                    path=path,
+                    duplicate_paths=[other for other in video.paths if other != path],
+                    score=score,
+                    rank=request.offset + position + 1,
+                    start_s=segment.start_s,
+                    end_s=segment.end_s,
+                    duration_s=video.duration_s,
+                    thumbnail_url=thumbnail_url(self.links, base_url, video.video_id, segment),
+                    file_url=file_url(self.links, base_url, video.video_id),
+                )
             )
-            for position, (score, segment, video) in enumerate(page)
-        ]
         return SearchResponse(
             results=results,
             total_videos=view.total_videos,
             index=IndexVersion(
-                snapshot_id=view.snapshot_id, model_fingerprint=self.encoder.fingerprint
+                snapshot_id=view.snapshot_id, model_fingerprint=view.model.fingerprint
             ),
             query_truncated=encoded.truncated,
             took_ms=(time.perf_counter() - started) * 1000.0,
@@ -245,7 +252,7 @@ def _group_by_video(
         video = videos.get(segment.video_id)
         if video is None:
             continue
-        if request.path_prefix is not None and not video.path.startswith(request.path_prefix):
+        if request.path_prefix is not None and matching_path(video, request.path_prefix) is None:
             continue
         current = best.get(video.video_id)
         if current is None or score > current[0]:
@@ -265,6 +272,26 @@ def search_parameters(snapshot: Snapshot, settings: ApiSettings) -> faiss.Search
     return None
 
 
-def thumbnail_url(base_url: str, video_id: int, segment: SegmentRecord) -> str:
+def matching_path(video: VideoRecord, path_prefix: str | None) -> str | None:
+    """Return the video's first path (catalogued path, then duplicates) under the prefix.
+
+    Without a prefix this is the catalogued path; None means no path matches.
+    """
+    if path_prefix is None:
+        return video.path
+    return next((path for path in video.paths if path.startswith(path_prefix)), None)
+
+
+def thumbnail_url(
+    links: LinkSigner, base_url: str, video_id: int, segment: SegmentRecord | None
+) -> str:
+    """Return the link to a thumbnail of a segment's middle, or the default thumbnail."""
+    path = f"/videos/{video_id}/thumbnail"
+    if segment is None:
+        return links.url(base_url, path)
     middle = (segment.start_s + segment.end_s) / 2.0
-    return f"{base_url}/videos/{video_id}/thumbnail?t={middle:.3f}"
+    return links.url(base_url, path, {"t": f"{middle:.3f}"})
+
+
+def file_url(links: LinkSigner, base_url: str, video_id: int) -> str:
+    return links.url(base_url, f"/videos/{video_id}/file")
