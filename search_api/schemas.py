@@ -7,7 +7,7 @@ read them; the schema checks types and the fixed lower bounds.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 
 class SearchRequest(BaseModel):
@@ -16,13 +16,15 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(description="Text to search for; must not be blank.")
-    top_k: int = Field(default=10, description="Number of videos to return (1 to max_top_k).")
-    offset: int = Field(default=0, description="Number of ranked videos to skip, for paging.")
-    min_score: float | None = Field(
+    top_k: StrictInt = Field(default=10, description="Number of videos to return (1 to max_top_k).")
+    offset: StrictInt = Field(default=0, description="Number of ranked videos to skip, for paging.")
+    min_score: StrictFloat | None = Field(
         default=None, description="Drop videos whose best segment scores below this cosine."
     )
     path_prefix: str | None = Field(
-        default=None, description="Keep only videos whose catalogued path starts with this."
+        default=None,
+        description="Keep only videos with a path (the catalogued one or a duplicate's) that "
+        "starts with this.",
     )
 
 
@@ -30,7 +32,13 @@ class SearchHit(BaseModel):
     """One video of a search response, with its best-scoring segment."""
 
     video_id: int
-    path: str
+    path: str = Field(
+        description="Path of the file; with path_prefix, the first of the video's paths "
+        "under the prefix."
+    )
+    duplicate_paths: list[str] = Field(
+        description="The video's other paths: byte-identical files indexed once."
+    )
     score: float = Field(description="Cosine similarity of the query and the best segment.")
     rank: int = Field(description="1-based rank over all results, offset included.")
     start_s: float = Field(description="Start of the best segment, in seconds.")
@@ -73,6 +81,9 @@ class VideoDetail(BaseModel):
 
     video_id: int
     path: str
+    duplicate_paths: list[str] = Field(
+        description="Other paths of byte-identical files, indexed once under this video."
+    )
     status: str
     duration_s: float | None = None
     width: int | None = None
@@ -85,8 +96,14 @@ class VideoDetail(BaseModel):
     file_url: str
 
 
+class Liveness(BaseModel):
+    """Body of ``/healthz``."""
+
+    status: str
+
+
 class HealthStatus(BaseModel):
-    """Body of ``/healthz`` and ``/readyz``."""
+    """Body of ``/readyz``."""
 
     status: str
     snapshot_id: str | None = None

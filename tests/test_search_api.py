@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import httpx
@@ -18,9 +19,13 @@ QUERY = "a man riding a bike down a street"
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("search_api")
     paths = make_video_folder(root / "videos")
+    # A byte-identical copy, which the indexer records as a duplicate of clips/bikes.mp4.
+    copy = root / "videos" / "copies" / "bikes copy.mp4"
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(paths[0], copy)
     index_dir = root / "index"
-    build_index(index_dir, tiny_model(), paths)
-    return {"root": root, "paths": paths, "index_dir": index_dir}
+    build_index(index_dir, tiny_model(), [*paths, copy])
+    return {"root": root, "paths": paths, "copy": copy, "index_dir": index_dir}
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +287,6 @@ def test_file_range_request(client):
 
 
 def test_healthz_and_readyz(client):
-    assert client.get("/healthz").json()["status"] == "ok"
     ready = client.get("/readyz")
     assert ready.status_code == 200
     body = ready.json()
@@ -349,3 +353,82 @@ def test_repeated_query_served_from_cache(client):
         return 0.0
 
     assert hits(metrics_after) == hits(metrics_before) + 1
+
+
+def test_path_prefix_selects_duplicate(client, corpus):
+    original = str(corpus["paths"][0].resolve())
+    copy = str(corpus["copy"].resolve())
+    results = search(client, top_k=10, path_prefix=str(corpus["copy"].parent.resolve()) + "/")
+    assert len(results.json()["results"]) == 1
+    hit = results.json()["results"][0]
+    assert hit["path"] == copy
+    assert hit["duplicate_paths"] == [original]
+
+    unfiltered = search(client, top_k=100).json()["results"]
+    bikes = next(h for h in unfiltered if h["video_id"] == hit["video_id"])
+    assert bikes["path"] == original
+    assert bikes["duplicate_paths"] == [copy]
+    detail = client.get(f"/videos/{hit['video_id']}").json()
+    assert detail["path"] == original
+    assert detail["duplicate_paths"] == [copy]
+
+
+def test_out_of_range_video_id_is_422(client):
+    for path in ("/videos/99999999999999999999999", "/videos/99999999999999999999999/file",
+                 "/videos/9223372036854775808/thumbnail"):
+        response = client.get(path)
+        assert response.status_code == 422, path
+        assert "9223372036854775807" in response.text, path
+
+
+def test_thumbnail_nan_time_is_422(client):
+    hit = search(client, top_k=1).json()["results"][0]
+    for value in ("nan", "inf", "-5"):
+        response = client.get(f"/videos/{hit['video_id']}/thumbnail", params={"t": value})
+        assert response.status_code == 422, value
+        assert response.json()["detail"][0]["loc"] == ["query", "t"], value
+
+
+def test_file_head_request(client):
+    hit = search(client, top_k=1).json()["results"][0]
+    size = Path(hit["path"]).stat().st_size
+    response = client.head(f"/videos/{hit['video_id']}/file")
+    assert response.status_code == 200
+    assert response.headers["content-length"] == str(size)
+    assert response.headers["accept-ranges"] == "bytes"
+    assert response.content == b""
+
+
+def test_range_errors_are_json(client):
+    hit = search(client, top_k=1).json()["results"][0]
+    size = Path(hit["path"]).stat().st_size
+    url = f"/videos/{hit['video_id']}/file"
+    beyond = client.get(url, headers={"Range": f"bytes={size + 10}-"})
+    assert beyond.status_code == 416
+    assert beyond.headers["content-type"] == "application/json"
+    assert beyond.headers["content-range"] == f"bytes */{size}"
+    assert f"{size} bytes" in beyond.json()["detail"]
+
+    malformed = client.get(url, headers={"Range": "bytes=20-10"})
+    assert malformed.status_code == 400
+    assert malformed.headers["content-type"] == "application/json"
+    assert "Range" in malformed.json()["detail"]
+
+
+@pytest.mark.parametrize("field,value", [("top_k", True), ("offset", False), ("top_k", 2.0),
+                                         ("top_k", "3"), ("min_score", True)])
+def test_non_strict_numbers_rejected(client, field, value):
+    response = search(client, **{field: value})
+    assert response.status_code == 422, response.text
+
+
+def test_metrics_label_docs_routes(client):
+    client.get("/docs")
+    client.get("/openapi.json")
+    text = client.get("/metrics").text
+    assert 'route="/docs"' in text
+    assert 'route="/openapi.json"' in text
+
+
+def test_healthz_has_only_liveness_fields(client):
+    assert client.get("/healthz").json() == {"status": "ok"}

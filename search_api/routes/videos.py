@@ -3,33 +3,36 @@
 from __future__ import annotations
 
 import mimetypes
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response
 
 from search_api.routes.dependencies import get_services, require_api_key
 from search_api.routes.search import public_base_url
 from search_api.schemas import SegmentInfo, VideoDetail
-from search_api.services.search import thumbnail_url
+from search_api.responses import MediaFileResponse
+from search_api.services.search import file_url, thumbnail_url
 from search_api.state import Services
 
 router = APIRouter(prefix="/videos", tags=["videos"], dependencies=[Depends(require_api_key)])
 
+# Catalog ids are SQLite INTEGER PRIMARY KEYs, so larger ids cannot exist and would make
+# the SQLite driver raise OverflowError.
+MAX_VIDEO_ID = 2**63 - 1
+VideoId = Annotated[int, Path(ge=0, le=MAX_VIDEO_ID, description="Catalog id of the video.")]
+
 
 @router.get("/{video_id}", response_model=VideoDetail, summary="Metadata and segments of a video")
 async def get_video(
-    video_id: int, request: Request, services: Services = Depends(get_services)
+    video_id: VideoId, request: Request, services: Services = Depends(get_services)
 ) -> VideoDetail:
     video, segments = await services.media.video(video_id)
     base = public_base_url(request, services)
-    default_thumbnail = (
-        thumbnail_url(base, video_id, segments[0])
-        if segments
-        else f"{base}/videos/{video_id}/thumbnail"
-    )
     return VideoDetail(
         video_id=video.video_id,
         path=video.path,
+        duplicate_paths=list(video.duplicate_paths),
         status=video.status,
         duration_s=video.duration_s,
         width=video.width,
@@ -46,8 +49,10 @@ async def get_video(
             )
             for segment in segments
         ],
-        thumbnail_url=default_thumbnail,
-        file_url=f"{base}/videos/{video_id}/file",
+        thumbnail_url=thumbnail_url(
+            services.links, base, video_id, segments[0] if segments else None
+        ),
+        file_url=file_url(services.links, base, video_id),
     )
 
 
@@ -58,7 +63,7 @@ async def get_video(
     responses={200: {"content": {"image/jpeg": {}}}},
 )
 async def get_thumbnail(
-    video_id: int,
+    video_id: VideoId,
     t: float | None = Query(
         default=None,
         description="Time in seconds; default the middle of the video's first segment.",
@@ -74,11 +79,13 @@ async def get_thumbnail(
 @router.get(
     "/{video_id}/file",
     summary="The video file, with HTTP range support for seeking",
-    response_class=FileResponse,
+    response_class=MediaFileResponse,
 )
-async def get_file(video_id: int, services: Services = Depends(get_services)) -> FileResponse:
+@router.head("/{video_id}/file", include_in_schema=False, response_class=MediaFileResponse)
+async def get_file(
+    video_id: VideoId, services: Services = Depends(get_services)
+) -> MediaFileResponse:
     # The path comes from the catalog row of an integer id, never from the request.
-    # Starlette's FileResponse (1.x) answers Range requests with 206 and Content-Range.
     video, path = await services.media.file_path(video_id)
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=media_type)
+    return MediaFileResponse(path, media_type=media_type)

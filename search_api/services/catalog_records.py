@@ -43,6 +43,13 @@ class VideoRecord:
     fps: float | None
     codec: str | None
     size_bytes: int
+    # Other files with byte-identical content, which the indexer recorded as duplicates.
+    duplicate_paths: tuple[str, ...] = ()
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The catalogued path followed by the duplicates' paths."""
+        return (self.path, *self.duplicate_paths)
 
     @classmethod
     def from_store(cls, row: StoredVideo | None) -> "VideoRecord | None":
@@ -58,6 +65,7 @@ class VideoRecord:
             fps=row.probe.fps,
             codec=row.probe.codec,
             size_bytes=int(row.size),
+            duplicate_paths=tuple(row.duplicate_paths),
         )
 
 

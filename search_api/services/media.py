@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -95,7 +96,12 @@ class MediaService:
                 time_s = (segments[0].start_s + segments[0].end_s) / 2.0
             else:
                 time_s = (video.duration_s or 0.0) / 2.0
-        if time_s < 0 or (video.duration_s is not None and time_s > video.duration_s):
+        # NaN compares false with everything, so it is rejected by name.
+        if (
+            not math.isfinite(time_s)
+            or time_s < 0
+            or (video.duration_s is not None and time_s > video.duration_s)
+        ):
             raise InvalidTimeError(
                 f"t must be between 0 and {video.duration_s} seconds for video {video_id}, "
                 f"got {time_s}"
