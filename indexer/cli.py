@@ -1,8 +1,10 @@
 """Command-line interface: ``indexer ingest | status | verify | remove``.
 
-Exit status: 0 when the command completed (an ingest that recorded failed files included),
-1 when nothing could be done (no such path, the model cannot load, a different model built the
-index, another writer has the index locked, verification found problems), 2 for invalid options.
+Exit status: 0 when the command completed (an ingest that recorded failed files included).
+1 when nothing could be done: no such path or no video under it, the model cannot load, a
+different model built the index, another writer has the index locked, the index directory
+cannot be written, or verification found problems. 2 for invalid options. 130 after Ctrl-C
+(SIGINT) and 143 after SIGTERM; an interrupted ingest keeps every video it committed.
 """
 
 from __future__ import annotations
@@ -10,16 +12,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
 
 from indexer.settings import IndexerSettings
 from indexer.stats import RunStats
 from shared.index_store import (
     CATALOG_FILE,
+    SNAPSHOTS_DIR,
     Catalog,
     CatalogError,
     IndexLockedError,
@@ -38,6 +43,8 @@ logger = logging.getLogger("indexer")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
 
 # Options of `ingest` that map to IndexerSettings fields, with their argparse types.
 _SETTING_TYPES: dict[str, Any] = {
@@ -129,13 +136,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings_from(args: argparse.Namespace) -> IndexerSettings:
-    values = {
+def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {
         name: getattr(args, name)
         for name in IndexerSettings.model_fields
         if getattr(args, name, None) is not None
     }
-    return IndexerSettings(**values)
+
+
+def _settings_from(args: argparse.Namespace) -> IndexerSettings:
+    return IndexerSettings(**_cli_values(args))
+
+
+def _option_source(name: str, cli_values: dict[str, Any]) -> str:
+    """Return how the user set a setting: ``--some-option`` or ``PIG_SOME_OPTION``."""
+    option = f"--{name.replace('_', '-')}"
+    env = f"PIG_{name.upper()}"
+    if name in cli_values:
+        return option
+    if any(key.upper() == env for key in os.environ):
+        return env
+    return f"{option} (or {env})"
+
+
+def _expected_value(name: str) -> str:
+    """Return the type and allowed range of a setting, e.g. ``a whole number of at least 1``."""
+    field = IndexerSettings.model_fields[name]
+    kind = {int: "whole number", float: "finite number", Path: "path"}.get(_SETTING_TYPES.get(name), "value")
+    if name in _CHOICES:
+        return f"one of {', '.join(_CHOICES[name])}"
+    bounds = []
+    for constraint in field.metadata:
+        if isinstance(constraint, Ge):
+            bounds.append(f"at least {constraint.ge:g}")
+        elif isinstance(constraint, Gt):
+            bounds.append(f"greater than {constraint.gt:g}")
+        elif isinstance(constraint, Le):
+            bounds.append(f"at most {constraint.le:g}")
+        elif isinstance(constraint, Lt):
+            bounds.append(f"less than {constraint.lt:g}")
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"{article} {kind}" + (f", {' and '.join(bounds)}" if bounds else "")
+
+
+def describe_validation_error(error: ValidationError, cli_values: dict[str, Any]) -> list[str]:
+    """Return one line per invalid setting, naming the option or variable, value and range."""
+    lines = []
+    for problem in error.errors():
+        location = problem.get("loc") or ()
+        name = str(location[0]) if location else ""
+        if name not in IndexerSettings.model_fields:
+            message = str(problem.get("msg", "")).removeprefix("Value error, ")
+            lines.append(f"invalid settings: {message}")
+            continue
+        value = problem.get("input")
+        shown = repr(value) if isinstance(value, str) else str(value)
+        lines.append(f"invalid {_option_source(name, cli_values)} {shown}: expected {_expected_value(name)}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,11 +205,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _settings_from(args)
     except ValidationError as error:
-        print(f"indexer: invalid settings:\n{error}", file=sys.stderr)
+        for line in describe_validation_error(error, _cli_values(args)):
+            print(f"indexer: {line}", file=sys.stderr)
         return EXIT_USAGE
 
     command = {"ingest": _ingest, "status": _status, "verify": _verify, "remove": _remove}[args.command]
-    return command(settings, args)
+    try:
+        return command(settings, args)
+    except OSError as error:
+        # A file-system error no check foresaw, such as a disk that fills up during the run.
+        logger.debug("%s failed", args.command, exc_info=True)
+        print(f"indexer: {args.command} failed: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C (SIGINT)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def _ingest(settings: IndexerSettings, args: argparse.Namespace) -> int:
@@ -164,14 +236,26 @@ def _ingest(settings: IndexerSettings, args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         progress=not args.no_progress,
     )
+    stats = RunStats()
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        stats = run_ingest(settings, args.paths, options)
+        run_ingest(settings, args.paths, options, stats)
+    except KeyboardInterrupt as error:
+        name, status = ("SIGTERM", EXIT_SIGTERM) if isinstance(error, Terminated) else ("Ctrl-C", EXIT_SIGINT)
+        print(
+            f"indexer: interrupted by {name}: {stats.indexed} videos committed; run the same "
+            f"command again to resume",
+            file=sys.stderr,
+        )
+        return status
     except ModelMismatchError as error:
         print(f"indexer: model mismatch: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except (IngestError, IndexLockedError, CatalogError) as error:
         print(f"indexer: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
     print(format_summary(stats))
     return EXIT_OK
 
@@ -188,6 +272,8 @@ def format_summary(stats: RunStats) -> str:
         lines.append(f"failed by kind: {kinds} (see `indexer status` for each file)")
     for path in stats.missing_paths:
         lines.append(f"not found: {path}")
+    if stats.hidden_skipped:
+        lines.append(f"skipped {stats.hidden_skipped} hidden files and folders (names starting with '.')")
 
     lines.append(f"{'stage':<11}{'busy s':>9}{'videos':>8}{'videos/s':>10}{'frames':>9}{'frames/s':>10}")
     for name, stage in stats.stages.items():
@@ -237,25 +323,42 @@ def _status(settings: IndexerSettings, args: argparse.Namespace) -> int:
         )
         print(f"segments in catalog: {catalog.count_segments()}")
         current = read_current_snapshot_id(settings.index_dir)
+        vector_count = None if current is None else catalog.snapshot_vector_count(current)
         if current is None:
             print("current snapshot: none published")
+        elif vector_count is None or not (settings.index_dir / SNAPSHOTS_DIR / current).is_dir():
+            print(
+                f"current snapshot: {current} is missing (CURRENT names a snapshot that is not in "
+                f"{SNAPSHOTS_DIR}/); run `indexer ingest` on this index to publish a new one"
+            )
         else:
-            print(f"current snapshot: {current} ({catalog.snapshot_vector_count(current)} vectors)")
-        if WriterLock(settings.index_dir).is_held_by_other():
+            print(f"current snapshot: {current} ({vector_count} vectors)")
+        writer_running = WriterLock(settings.index_dir).is_held_by_other()
+        if writer_running:
             print("a writer is running on this index now")
         runs = catalog.list_runs(limit=1)
         if runs:
-            run = runs[0]
-            print(
-                f"last run: {run['status']}, started {run['started_at']}, indexed {run.get('indexed', 0)}, "
-                f"failed {run.get('failed', 0)}"
-            )
+            print(f"last run: {_describe_run(runs[0], writer_running)}")
         failed = catalog.list_videos(status="failed")
         if failed:
             print(f"failed files ({len(failed)}):")
             for video in failed:
                 print(f"  {video.path}\t{video.failure_kind}: {video.failure_reason}")
     return EXIT_OK
+
+
+def _describe_run(run: dict[str, Any], writer_running: bool) -> str:
+    status = run["status"]
+    if status == "running" and not writer_running:
+        # The writer lock is released when its holder exits, even on SIGKILL, so a run still
+        # marked running without a lock holder ended before it could record its status.
+        pid = run.get("pid")
+        holder = f"process {pid}" if pid else "its process"
+        status = f"interrupted ({holder} ended without finishing, e.g. kill -9 or a crash)"
+    return (
+        f"{status}, started {run['started_at']}, indexed {run.get('indexed', 0)}, "
+        f"failed {run.get('failed', 0)}"
+    )
 
 
 def _verify(settings: IndexerSettings, args: argparse.Namespace) -> int:

@@ -262,7 +262,7 @@ class DecodePool:
         return DecodeEvent("error", job.task_id, error_kind="decoder_crash", reason=reason)
 
     def _timed_out(self, worker: _Worker, job: DecodeJob) -> DecodeEvent:
-        logger.warning("decoding %s exceeded %.1f s; killing worker %s and starting a new one",
+        logger.warning("decoding %s exceeded the %g s timeout; killing worker %s and starting a new one",
                        job.path, self.timeout_s, worker.process.pid)
         self.stats.timeouts += 1
         self._replace(worker, f"worker timed out on {job.path}")

@@ -59,6 +59,7 @@ class DiscoveryResult:
     missing: list[str] = field(default_factory=list)  # requested paths that do not exist
     skipped_loops: int = 0  # directory links not followed because they were already visited
     ignored_files: int = 0  # regular files that are not videos
+    hidden_skipped: int = 0  # hidden files and folders (names starting with ".") not looked at
     roots: list[str] = field(default_factory=list)  # real paths of the existing requested paths
 
 
@@ -140,6 +141,8 @@ def discover(paths: Iterable[str | os.PathLike[str]], exclude: Iterable[str | os
                 dirnames[:] = []
                 continue
             seen_dirs.add(key)
+            hidden = [name for name in dirnames + filenames if name.startswith(".")]
+            result.hidden_skipped += len(hidden)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if not name.startswith("."):

@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from shared.index_store import (
     IndexPolicy,
     ModelMismatchError,
     ProbeFields,
+    SNAPSHOTS_DIR,
     SegmentToWrite,
     WriterLock,
     publish_snapshot,
@@ -60,6 +62,41 @@ class IngestOptions:
     rebuild: bool = False  # drop every vector and re-index everything (after a model change)
     retry_failed: bool = False  # decode files that failed before even if they did not change
     progress: bool = True  # show a progress bar (only on a terminal)
+
+
+def check_device(settings: IndexerSettings) -> None:
+    """Raise ``IngestError`` when this machine cannot run the requested device and precision.
+
+    This runs before the decode workers start and before the index directory is touched, so a
+    wrong ``--device cuda`` or ``--precision fp16`` on the CPU fails at once and leaves nothing.
+    """
+    from shared.device import DeviceUnavailableError, resolve_device, resolve_precision
+
+    try:
+        device = resolve_device(settings.device)
+    except DeviceUnavailableError as error:
+        raise IngestError(f"invalid --device {settings.device}: {error}") from error
+    try:
+        resolve_precision(device, settings.precision)
+    except ValueError as error:
+        raise IngestError(f"invalid --precision {settings.precision} on device {device}: {error}") from error
+
+
+def check_index_dir(index_dir: Path) -> None:
+    """Raise ``IngestError`` when ``index_dir`` is a file or cannot be created or written."""
+    if index_dir.exists() and not index_dir.is_dir():
+        raise IngestError(f"--index-dir {index_dir} is a file, not a directory; pass a directory path")
+    existing = index_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise IngestError(f"cannot create --index-dir {index_dir}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        action = "write to" if existing == index_dir else f"create {index_dir} in"
+        raise IngestError(
+            f"cannot {action} {existing}: no write permission or a read-only file system; pass a "
+            f"writable --index-dir"
+        )
 
 
 def load_indexer_model(settings: IndexerSettings) -> Any:
@@ -118,27 +155,32 @@ def _save_model_copy(model: Any, index_dir: Path) -> None:
         os.rename(staging, target)
 
 
-def guard_model(catalog: Catalog, model: Any, index_dir: Path, rebuild: bool) -> str:
-    """Check the model against the index's fingerprint, or record it on first use.
+def check_model(catalog: Catalog, fingerprint: str, index_dir: Path, rebuild: bool) -> None:
+    """Raise ``ModelMismatchError`` when the index was built by another model.
 
-    Raises ``ModelMismatchError`` for a different model unless ``rebuild`` is set, in which case
-    every video and vector is dropped first. Returns the model fingerprint.
+    With ``rebuild`` every video and vector of the old model is dropped instead. Nothing about
+    the new model is stored here: ``record_model`` does that once it has produced a vector.
     """
-    from shared.model.checkpoint import model_fingerprint
-
-    fingerprint = model_fingerprint(model)
     stored = catalog.model_fingerprint()
     if stored is not None and stored != fingerprint and not rebuild:
         raise ModelMismatchError(stored, fingerprint, str(index_dir))
     if rebuild and stored is not None:
         logger.warning("rebuilding %s: dropping every vector of model %s", index_dir, stored)
         catalog.clear_all()
-    if stored != fingerprint or rebuild:
+
+
+def record_model(catalog: Catalog, model: Any, fingerprint: str, index_dir: Path) -> None:
+    """Store the model's fingerprint in the catalog and its copy in ``INDEX_DIR/model``.
+
+    Call it outside a catalog transaction, just before the model's first vectors are written.
+    A run that fails earlier (at its first encode batch, say) then leaves a fresh index without
+    a fingerprint, so the next ingest can use any model.
+    """
+    if catalog.model_fingerprint() != fingerprint:
         _save_model_copy(model, index_dir)
         catalog.set_model(fingerprint, model.config.to_dict(), int(model.config.embed_dim))
     elif not (index_dir / MODEL_DIR / "config.json").is_file():
         _save_model_copy(model, index_dir)
-    return fingerprint
 
 
 @dataclass
@@ -166,8 +208,10 @@ class _IngestLoop:
         stats: RunStats,
         progress: tqdm,
         pool: DecodePool,
+        before_first_vectors: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.before_first_vectors = before_first_vectors  # called once, before vectors are written
         self.pool = pool
         self.model = model
         self.catalog = catalog
@@ -188,7 +232,9 @@ class _IngestLoop:
         pool = self.pool
         encoder = EncoderThread(self.model)
         try:
-            while queue or self.states:
+            # A failure moves its file from `states` to `ready`. The loop also runs until `ready`
+            # is written, because otherwise the files that fail last would be lost from the run.
+            while queue or self.states or self.ready:
                 while queue and pool.idle_workers and len(self.buffer) < max_buffer:
                     task_id, planned = queue.popleft()
                     self.states[task_id] = _VideoState(planned)
@@ -285,6 +331,9 @@ class _IngestLoop:
     def _write_ready(self) -> None:
         if not self.ready:
             return
+        if self.before_first_vectors is not None and any(s.error_kind is None for s in self.ready):
+            self.before_first_vectors()
+            self.before_first_vectors = None
         with self.stats.timed("write") as write, self.catalog.transaction():
             for state in self.ready:
                 file = state.planned.file
@@ -378,54 +427,93 @@ def _prune(catalog: Catalog, roots: list[str], stats: RunStats) -> None:
                 logger.info("pruned %s: the file no longer exists", video.path)
 
 
-def run_ingest(settings: IndexerSettings, paths: list[str], options: IngestOptions) -> RunStats:
+def run_ingest(
+    settings: IndexerSettings, paths: list[str], options: IngestOptions, stats: RunStats | None = None
+) -> RunStats:
     """Run one ingest and return its statistics.
 
     Raises ``IngestError`` when nothing could be done, ``IndexLockedError`` when another writer
-    runs, and ``ModelMismatchError`` when the index was built by another model.
+    runs, and ``ModelMismatchError`` when the index was built by another model. The settings,
+    the paths, the device and the model are all checked before the index directory is created
+    or changed. Pass ``stats`` to read the counts of a run that ends with an exception, such as
+    ``KeyboardInterrupt``.
     """
     started = time.perf_counter()
-    stats = RunStats()
+    stats = stats if stats is not None else RunStats()
     index_dir = settings.index_dir.resolve()
     settings = settings.model_copy(update={"index_dir": index_dir})
+    check_index_dir(index_dir)
 
     with stats.timed("discover") as discover_stage:
         found = discover(paths, exclude=[index_dir])
         discover_stage.videos = len(found.files)
     stats.discovered = len(found.files)
     stats.missing_paths = found.missing
+    stats.hidden_skipped = found.hidden_skipped
+    stats.ignored_files = found.ignored_files
     for missing in found.missing:
         logger.warning("path %s does not exist; skipping it", missing)
     if not found.roots:
         raise IngestError(f"none of the paths exist: {', '.join(map(str, paths))}")
+    if found.hidden_skipped:
+        logger.info("skipped %d hidden files and folders (names starting with '.')", found.hidden_skipped)
+    if not found.files and not options.prune:
+        raise IngestError(
+            f"no video files found under {', '.join(found.roots)} ({found.ignored_files} non-video "
+            f"files and {found.hidden_skipped} hidden files or folders skipped); nothing to index"
+        )
 
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with WriterLock(index_dir), DecodePool(settings.workers, settings.decode_timeout) as pool:
+    check_device(settings)
+    with DecodePool(settings.workers, settings.decode_timeout) as pool:
         # The workers start (and import their decoders) while the model loads.
         with stats.timed("model_load"):
             model = load_indexer_model(settings)
-        catalog = Catalog(index_dir / CATALOG_FILE, read_only=False)
-        try:
-            guard_model(catalog, model, index_dir, options.rebuild)
-            run_id = catalog.start_run({"paths": [str(p) for p in paths], "settings": settings.model_dump(mode="json")})
-            status = "interrupted"
+        from shared.model.checkpoint import model_fingerprint
+
+        fingerprint = model_fingerprint(model)
+        index_dir.mkdir(parents=True, exist_ok=True)
+        with WriterLock(index_dir):
+            catalog = Catalog(index_dir / CATALOG_FILE, read_only=False)
             try:
-                _ingest_into(catalog, model, pool, settings, found.files, found.roots, options, stats)
-                status = "completed"
+                check_model(catalog, fingerprint, index_dir, options.rebuild)
+                _run_recorded(catalog, model, fingerprint, pool, settings, paths, found, options, stats, started)
             finally:
-                stats.wall_seconds = time.perf_counter() - started
-                record = stats.to_record()
-                record["settings"] = settings.model_dump(mode="json")
-                record["paths"] = [str(p) for p in paths]
-                catalog.finish_run(run_id, status, record)
-        finally:
-            catalog.close()
+                catalog.close()
     return stats
+
+
+def _run_recorded(
+    catalog: Catalog,
+    model: Any,
+    fingerprint: str,
+    pool: DecodePool,
+    settings: IndexerSettings,
+    paths: list[str],
+    found: Any,
+    options: IngestOptions,
+    stats: RunStats,
+    started: float,
+) -> None:
+    """Run the ingest between a ``running`` run record and its final status."""
+    run_record = {"paths": [str(p) for p in paths], "settings": settings.model_dump(mode="json"), "pid": os.getpid()}
+    run_id = catalog.start_run(run_record)
+    status = "failed"
+    try:
+        _ingest_into(catalog, model, fingerprint, pool, settings, found.files, found.roots, options, stats)
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        stats.wall_seconds = time.perf_counter() - started
+        record = {**run_record, **stats.to_record()}
+        catalog.finish_run(run_id, status, record)
 
 
 def _ingest_into(
     catalog: Catalog,
     model: Any,
+    fingerprint: str,
     pool: DecodePool,
     settings: IndexerSettings,
     files: list,
@@ -444,7 +532,10 @@ def _ingest_into(
 
     show = options.progress and sys.stderr.isatty()
     progress = tqdm(total=len(plan.to_decode), unit="video", desc="ingest", disable=not show, dynamic_ncols=True)
-    loop = _IngestLoop(settings, model, catalog, stats, progress, pool)
+    def before_first_vectors() -> None:
+        record_model(catalog, model, fingerprint, settings.index_dir)
+
+    loop = _IngestLoop(settings, model, catalog, stats, progress, pool, before_first_vectors)
     pipeline_started = time.perf_counter()
     try:
         loop.run(plan.to_decode)
@@ -452,10 +543,18 @@ def _ingest_into(
         progress.close()
         stats.pipeline_seconds = time.perf_counter() - pipeline_started
     _write_run_duplicates(catalog, plan, stats, loop.failed_paths)
+    # A run that indexed nothing still completed with this model, and a snapshot needs its D.
+    record_model(catalog, model, fingerprint, settings.index_dir)
 
     changed = stats.indexed or stats.removed or stats.duplicates or loop.batches_since_snapshot or options.rebuild
     current = read_current_snapshot_id(settings.index_dir)
-    if changed or current is None or catalog.snapshot_vector_count(current) != catalog.count_segments():
+    current_missing = current is not None and not (settings.index_dir / SNAPSHOTS_DIR / current).is_dir()
+    if (
+        changed
+        or current is None
+        or current_missing
+        or catalog.snapshot_vector_count(current) != catalog.count_segments()
+    ):
         with stats.timed("snapshot"):
             manifest = publish_snapshot(settings.index_dir, catalog, policy_from(settings), keep=settings.keep_snapshots)
         stats.snapshot_id = manifest.snapshot_id

@@ -54,7 +54,7 @@ class IndexerSettings(BaseSettings):
         None, ge=1, description="frames sampled per segment (default: the model's num_frames)"
     )
     segment_seconds: float = Field(
-        10.0, gt=0, description="segment length in seconds; each segment gets its own vector"
+        10.0, gt=0, allow_inf_nan=False, description="segment length in seconds; each segment gets its own vector"
     )
     workers: int = Field(
         default_factory=default_workers, ge=1, description="decode worker processes"
@@ -63,6 +63,7 @@ class IndexerSettings(BaseSettings):
     decode_timeout: float = Field(
         300.0,
         gt=0,
+        allow_inf_nan=False,
         description="seconds one file may take to decode before its worker is killed and the "
         "file recorded as failed",
     )
@@ -79,7 +80,7 @@ class IndexerSettings(BaseSettings):
         1_000_000, ge=1, description="vector count from which auto picks an approximate index"
     )
     memory_budget_gb: float = Field(
-        16.0, gt=0, description="GiB of RAM the index may take; auto picks IVF-PQ beyond it"
+        16.0, gt=0, allow_inf_nan=False, description="GiB of RAM the index may take; auto picks IVF-PQ beyond it"
     )
     keep_snapshots: int = Field(3, ge=2, description="snapshots kept on disk (at least 2)")
 

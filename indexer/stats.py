@@ -35,6 +35,8 @@ class RunStats:
     """Everything the closing summary and the run record report."""
 
     discovered: int = 0  # video files found
+    hidden_skipped: int = 0  # hidden files and folders skipped by discovery
+    ignored_files: int = 0  # files discovery found that are not videos
     indexed: int = 0  # videos decoded, encoded and written
     skipped_unchanged: int = 0  # same size and mtime, or same content after a touch
     duplicates: int = 0  # recorded as duplicates of already indexed content
@@ -75,6 +77,8 @@ class RunStats:
         frames = self.stage("encode").frames
         return {
             "discovered": self.discovered,
+            "hidden_skipped": self.hidden_skipped,
+            "ignored_files": self.ignored_files,
             "indexed": self.indexed,
             "skipped_unchanged": self.skipped_unchanged,
             "duplicates": self.duplicates,

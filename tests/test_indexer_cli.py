@@ -268,6 +268,13 @@ def test_sigkill_then_rerun(tmp_path: Path, checkpoints: tuple[Path, Path]) -> N
         process.wait(timeout=30)
     killed_at = _indexed_count(index_dir / CATALOG_FILE)
     assert 2 <= killed_at < len(files)
+    status = run_cli("status", "--index-dir", index_dir)
+    assert "last run: interrupted (process" in status.stdout
+
+    # A CURRENT that names a deleted snapshot is reported, and the next ingest replaces it.
+    (index_dir / "CURRENT").write_text("20000101T000000000000Z-000000\n")
+    status = run_cli("status", "--index-dir", index_dir)
+    assert "20000101T000000000000Z-000000 is missing" in status.stdout
 
     result = ingest(index_dir, checkpoints[0], folder)
     assert result.returncode == 0, result.stderr
@@ -326,3 +333,122 @@ def test_help_names_units() -> None:
     assert result.returncode == 0
     for text in ("--segment-seconds", "seconds", "--decode-timeout", "PIG_WORKERS", "--batch-size"):
         assert text in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--workers", "0", "invalid --workers 0: expected a whole number, at least 1"),
+        ("--batch-size", "-1", "invalid --batch-size -1: expected a whole number, at least 1"),
+        ("--segment-seconds", "nan", "invalid --segment-seconds nan: expected a finite number, greater than 0"),
+        ("--frames", "0", "invalid --frames 0: expected a whole number, at least 1"),
+    ],
+)
+def test_invalid_option_one_line(tmp_path: Path, option: str, value: str, message: str) -> None:
+    result = run_cli("ingest", tmp_path, "--index-dir", tmp_path / "index", option, value)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"indexer: {message}"
+
+
+def test_invalid_environment_named(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIG_")}
+    env["PIG_WORKERS"] = "abc"
+    result = subprocess.run([sys.executable, "-m", "indexer.cli", "ingest", str(tmp_path)], capture_output=True,
+                            text=True, env=env, cwd=REPO, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "indexer: invalid PIG_WORKERS 'abc': expected a whole number, at least 1"
+
+
+def test_early_failures_leave_nothing(tmp_path: Path, checkpoints: tuple[Path, Path]) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_h264(folder, "a.mp4")
+    index_dir = tmp_path / "index"
+    cases = [("--frames", "100000"), ("--precision", "fp16")]
+    if not torch.cuda.is_available():
+        cases.append(("--device", "cuda"))
+    for option, value in cases:
+        result = ingest(index_dir, checkpoints[0], folder, extra=(option, value))
+        assert result.returncode == 1, f"{option} {value}: {result.stderr}"
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert option in result.stderr or "frames" in result.stderr
+        assert not index_dir.exists(), f"{option} {value} left {sorted(os.listdir(index_dir))}"
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    for target in (not_a_dir, not_a_dir / "index"):
+        result = ingest(target, checkpoints[0], folder)
+        assert result.returncode == 1
+        assert result.stderr.strip().endswith("is a file, not a directory") or "pass a directory" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".hidden.mp4").write_bytes((folder / "a.mp4").read_bytes())
+    (empty / "notes.txt").write_text("not a video")
+    result = ingest(index_dir, checkpoints[0], empty)
+    assert result.returncode == 1
+    assert f"no video files found under {os.path.realpath(empty)}" in result.stderr
+    assert "1 non-video files and 1 hidden files or folders skipped" in result.stderr
+    assert not index_dir.exists()
+
+
+def test_failed_first_encode_keeps_index_fresh(tmp_path: Path, checkpoints: tuple[Path, Path],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from indexer import pipeline
+    from indexer.settings import IndexerSettings
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    make_h264(folder, "a.mp4")
+    index_dir = tmp_path / "index"
+    model = load_checkpoint(checkpoints[0], device="cpu")
+
+    def fail(frames: object) -> None:
+        raise RuntimeError("size mismatch")
+
+    monkeypatch.setattr(model, "embed_videos", fail)
+    monkeypatch.setattr(pipeline, "load_indexer_model", lambda settings: model)
+    settings = IndexerSettings(index_dir=index_dir, checkpoint=checkpoints[0], workers=1, device="cpu")
+    with pytest.raises(pipeline.IngestError, match="size mismatch"):
+        pipeline.run_ingest(settings, [str(folder)], pipeline.IngestOptions(progress=False))
+    with Catalog(index_dir / CATALOG_FILE) as catalog:
+        assert catalog.model_fingerprint() is None
+        assert catalog.list_runs(limit=1)[0]["status"] == "failed"
+    assert not (index_dir / "model").exists()
+
+    # Another model can still use the index without --rebuild.
+    result = ingest(index_dir, checkpoints[1], folder)
+    assert result.returncode == 0, result.stderr
+    assert "indexed 1 videos" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signal_number", "exit_status", "name"),
+                         [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_signal_records_interrupted_run(tmp_path: Path, checkpoints: tuple[Path, Path], signal_number: int,
+                                        exit_status: int, name: str) -> None:
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    files = [make_h264(folder, f"clip{i:02d}.mp4", seconds=1.0 + 0.2 * i) for i in range(10)]
+    index_dir = tmp_path / "index"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIG_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "indexer.cli", "ingest", str(folder), "--index-dir", str(index_dir),
+         "--checkpoint", str(checkpoints[0]), "--workers", "1", "--batch-size", "1", "--no-progress"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while _indexed_count(index_dir / CATALOG_FILE) < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be interrupted"
+    process.send_signal(signal_number)
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == exit_status, stderr
+    committed = _indexed_count(index_dir / CATALOG_FILE)
+    assert committed < len(files)
+    assert stderr.strip() == (f"indexer: interrupted by {name}: {committed} videos committed; run the same "
+                              f"command again to resume")
+    status = run_cli("status", "--index-dir", index_dir)
+    assert "last run: interrupted," in status.stdout

@@ -7,12 +7,18 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from tqdm import tqdm
 
-from indexer.decode import DecodeJob, DecodePool
-from indexer.discover import discover
+from indexer.decode import DecodeEvent, DecodeJob, DecodePool, DecodeStats
+from indexer.discover import DiscoveredFile, discover
+from indexer.pipeline import _IngestLoop
+from indexer.plan import PlannedFile
 from indexer.settings import IndexerSettings
+from indexer.stats import RunStats
+from shared.index_store import CATALOG_FILE, Catalog
 from videos import make_4k, make_h264
 
 ENV_NAMES = [
@@ -63,6 +69,7 @@ def test_discover_follows_no_loops(tmp_path: Path) -> None:
     assert found == ["no_extension", "clip.mp4"]
     assert result.skipped_loops >= 1
     assert result.missing == []
+    assert result.hidden_skipped == 1
 
 
 def test_discover_reports_missing_path(tmp_path: Path) -> None:
@@ -119,3 +126,43 @@ def test_decode_pool_worker_crash(tmp_path: Path) -> None:
 
         pool.submit(DecodeJob(2, str(good), 10.0, 4, 32))
         assert _collect(pool, 2)[-1].kind == "done"
+
+
+class _TimingOutPool:
+    """A stand-in for DecodePool whose every job times out, all workers in the same poll."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.jobs: list[DecodeJob] = []
+        self.stats = DecodeStats()
+
+    @property
+    def idle_workers(self) -> int:
+        return self.workers - len(self.jobs)
+
+    @property
+    def busy_workers(self) -> int:
+        return len(self.jobs)
+
+    def submit(self, job: DecodeJob) -> bool:
+        self.jobs.append(job)
+        return True
+
+    def poll(self, timeout_s: float) -> list[DecodeEvent]:
+        events = [DecodeEvent("error", job.task_id, error_kind="decode_timeout", reason="timed out")
+                  for job in self.jobs]
+        self.jobs = []
+        return events
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_ingest_loop_records_every_timeout(tmp_path: Path, workers: int) -> None:
+    files = [PlannedFile(DiscoveredFile(f"/videos/{i:02d}.mp4", 100, 1), content_hash=str(i)) for i in range(10)]
+    model = SimpleNamespace(config=SimpleNamespace(num_frames=4, image_size=32))
+    settings = IndexerSettings(index_dir=tmp_path, workers=workers, batch_size=2)
+    stats = RunStats()
+    with Catalog(tmp_path / CATALOG_FILE, read_only=False) as catalog:
+        loop = _IngestLoop(settings, model, catalog, stats, tqdm(disable=True), _TimingOutPool(workers))
+        loop.run(files)
+        assert stats.failed == len(files)
+        assert catalog.count_by_status() == {"failed": len(files)}
