@@ -22,7 +22,7 @@ from training.config import ConfigError, TrainConfig, load_train_config
 from training.datasets import read_caption_jsonl
 from training.evaluate import encode_test_set
 from training.synthetic import SyntheticConfig, generate_dataset
-from training.train import Trainer, fit, lr_factor
+from training.train import Trainer, create_model, fit, lr_factor
 
 NUM_TRAIN = 64
 NUM_TEST = 24
@@ -122,6 +122,22 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_factor(10, 100, 10, 0.0) == pytest.approx(1.0)
     assert lr_factor(55, 100, 10, 0.0) == pytest.approx(0.5)
     assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_logit_scale_init_sets_temperature(tmp_path, synth_dir):
+    config = TrainConfig.model_validate(make_config(synth_dir, tmp_path, optim={"logit_scale_init": 1 / 0.07}))
+
+    model = create_model(config, torch.device("cpu"))
+
+    assert model.clamped_logit_scale().item() == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+def test_logit_scale_init_default_keeps_model_value(tmp_path, synth_dir):
+    config = TrainConfig.model_validate(make_config(synth_dir, tmp_path))
+
+    model = create_model(config, torch.device("cpu"))
+
+    assert model.clamped_logit_scale().item() == pytest.approx(100.0, rel=1e-5)
 
 
 def test_few_steps_lower_loss(reference_run):

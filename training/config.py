@@ -48,6 +48,9 @@ class OptimSection(_Strict):
     min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine floor as a fraction of the peak rate
     grad_clip: float | None = Field(1.0, gt=0)  # max gradient norm; None disables clipping
     pseudo_query_weight: float = Field(1.0, ge=0)  # lambda of the pseudo-query regression loss (pig head)
+    # Initial inverse temperature exp(logit_scale) of the contrastive loss. None keeps the model's
+    # 100, which suits fine-tuning pretrained CLIP; CLIP trained from scratch starts at 1/0.07.
+    logit_scale_init: float | None = Field(None, gt=0, le=200)
 
 
 class RuntimeSection(_Strict):

@@ -143,6 +143,9 @@ def create_model(config: TrainConfig, device: torch.device) -> PIGModel:
         context_length=config.model.context_length,
         precision=config.runtime.precision,
     )
+    if config.optim.logit_scale_init is not None:
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(config.optim.logit_scale_init))
     return model.to(device)
 
 
