@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -149,3 +150,13 @@ def build_dataset(
     if not videos:
         raise DatasetFormatError(f"{name}: no videos left to use in {directory.root}")
     return CaptionDataset(name=name, videos=tuple(videos))
+
+
+def load_json(path: Path | str) -> object:
+    """Parse a JSON annotation file, raising DatasetFormatError that names the file when invalid."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DatasetFormatError(f"{path} is not valid JSON: {error}") from error

@@ -11,10 +11,9 @@ copies are often ``.mp4``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from training.datasets.base import CaptionDataset, DatasetFormatError, OnMissing, build_dataset
+from training.datasets.base import CaptionDataset, DatasetFormatError, OnMissing, build_dataset, load_json
 
 
 def read_didemo(
@@ -24,11 +23,7 @@ def read_didemo(
 ) -> CaptionDataset:
     """Read one DiDeMo split; each video gets one caption, its descriptions joined by spaces."""
     annotation_json = Path(annotation_json)
-    try:
-        with annotation_json.open(encoding="utf-8") as handle:
-            records = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(f"{annotation_json} is not valid JSON: {error}") from error
+    records = load_json(annotation_json)
     if not isinstance(records, list):
         raise DatasetFormatError(f"{annotation_json}: expected a JSON list of annotations (DiDeMo format)")
 

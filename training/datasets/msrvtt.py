@@ -16,18 +16,10 @@ from training.datasets.base import (
     DatasetFormatError,
     OnMissing,
     build_dataset,
+    load_json,
 )
 
 OFFICIAL_SPLITS = ("train", "validate", "test")
-
-
-def _load_json(path: Path | str) -> object:
-    path = Path(path)
-    try:
-        with path.open(encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(f"{path} is not valid JSON: {error}") from error
 
 
 def read_msrvtt_sentences(data_json: Path | str) -> dict[str, list[str]]:
@@ -37,7 +29,7 @@ def read_msrvtt_sentences(data_json: Path | str) -> dict[str, list[str]]:
     ``"video0"``) and ``"caption"``; ``"sen_id"`` and other fields are ignored. Captions keep
     file order.
     """
-    data = _load_json(data_json)
+    data = load_json(data_json)
     if not isinstance(data, dict) or not isinstance(data.get("sentences"), list):
         raise DatasetFormatError(f"{data_json}: expected an object with a 'sentences' list (MSRVTT_data.json)")
     captions: dict[str, list[str]] = {}
@@ -105,7 +97,7 @@ def read_msrvtt_official(
     """
     if split not in OFFICIAL_SPLITS:
         raise ValueError(f"split must be one of {OFFICIAL_SPLITS}, got {split!r}")
-    data = _load_json(data_json)
+    data = load_json(data_json)
     if not isinstance(data, dict) or not isinstance(data.get("videos"), list):
         raise DatasetFormatError(f"{data_json}: expected an object with a 'videos' list (MSRVTT_data.json)")
     captions = read_msrvtt_sentences(data_json)

@@ -11,10 +11,9 @@ Many VATEX source videos are no longer on YouTube, so local copies are often inc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from training.datasets.base import CaptionDataset, DatasetFormatError, OnMissing, build_dataset
+from training.datasets.base import CaptionDataset, DatasetFormatError, OnMissing, build_dataset, load_json
 
 
 def read_vatex(
@@ -24,11 +23,7 @@ def read_vatex(
 ) -> CaptionDataset:
     """Read one VATEX annotation file with every English caption of each video."""
     annotation_json = Path(annotation_json)
-    try:
-        with annotation_json.open(encoding="utf-8") as handle:
-            records = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(f"{annotation_json} is not valid JSON: {error}") from error
+    records = load_json(annotation_json)
     if not isinstance(records, list):
         raise DatasetFormatError(f"{annotation_json}: expected a JSON list of videos (VATEX format)")
 
