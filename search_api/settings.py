@@ -107,6 +107,13 @@ class ApiSettings(BaseSettings):
         le=100_000,
         description="Maximum offset of one search request (deep paging costs a larger search).",
     )
+    faiss_threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="OpenMP threads of the FAISS search thread. One is fastest for single "
+        "queries on small hosts; raise it on hosts with idle cores and large flat indexes.",
+    )
     faiss_nprobe: int | None = Field(
         default=None,
         ge=1,

@@ -90,7 +90,14 @@ class SearchService:
         self.index = index
         self.links = links
         self._metrics = metrics
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pig-faiss")
+        # OpenMP thread counts are per thread, so the FAISS thread sets its own. On a 2-core
+        # host a flat search of 1M vectors took 150 ms with 2 threads and 71 ms with 1.
+        self.executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="pig-faiss",
+            initializer=faiss.omp_set_num_threads,
+            initargs=(settings.faiss_threads,),
+        )
         # Concurrent queries share one FAISS call, which turns Q matrix-vector products over
         # the index into one matrix-matrix product.
         self._batcher: MicroBatcher[SearchJob, tuple[np.ndarray, np.ndarray]] = MicroBatcher(
