@@ -60,7 +60,7 @@ class ApiSettings(BaseSettings):
         default=32, ge=1, le=4096, description="Maximum queries encoded in one forward pass."
     )
     batch_wait_ms: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0.0,
         le=1000.0,
         description="Maximum milliseconds a query waits for others to join its batch.",
@@ -111,8 +111,15 @@ class ApiSettings(BaseSettings):
         default=1,
         ge=1,
         le=256,
-        description="OpenMP threads of the FAISS search thread. One is fastest for single "
-        "queries on small hosts; raise it on hosts with idle cores and large flat indexes.",
+        description="OpenMP threads of a FAISS search for one query. One is fastest on small "
+        "hosts; raise it on hosts with idle cores and large flat indexes.",
+    )
+    faiss_batch_threads: int = Field(
+        default_factory=_default_torch_threads,
+        ge=1,
+        le=256,
+        description="OpenMP threads of a FAISS search for a micro-batch of several queries; "
+        "default the CPU count, at most 4.",
     )
     faiss_nprobe: int | None = Field(
         default=None,
