@@ -53,7 +53,7 @@ class IndexService:
     Every catalog call runs on one dedicated thread, which also opens the catalog, so the
     SQLite connection is only ever used by the thread that created it.
 
-    When a new snapshot holds vectors of another model (the index was rebuilt), the service
+    When a new snapshot contains vectors of another model (the index was rebuilt), the service
     either loads the index's new model copy with ``model_loader`` and swaps model and
     snapshot together, or, when ``model_loader`` is None (the model was given explicitly),
     keeps the served view and sets ``mismatch`` so that searches get 503.
@@ -157,7 +157,7 @@ class IndexService:
     def _check_fingerprint(self, snapshot: Snapshot, model: ServedModel) -> None:
         if snapshot.model_fingerprint != model.fingerprint:
             raise IndexModelMismatchError(
-                f"snapshot {snapshot.snapshot_id} in {self.index_dir} holds vectors of model "
+                f"snapshot {snapshot.snapshot_id} in {self.index_dir} contains vectors of model "
                 f"{snapshot.model_fingerprint}, but the service serves model {model.fingerprint}"
             )
 
@@ -247,7 +247,7 @@ class IndexService:
         """Load the index's model copy off the event loop and check it made ``snapshot``."""
         assert self._model_loader is not None
         logger.info(
-            "snapshot %s holds vectors of model %s; loading the new model copy from %s",
+            "snapshot %s contains vectors of model %s; loading the new model copy from %s",
             snapshot.snapshot_id,
             snapshot.model_fingerprint,
             self.index_dir / MODEL_DIR,
@@ -257,7 +257,7 @@ class IndexService:
         if model.fingerprint != snapshot.model_fingerprint:
             raise IndexModelMismatchError(
                 f"the model copy in {self.index_dir / MODEL_DIR} has fingerprint "
-                f"{model.fingerprint}, but snapshot {snapshot.snapshot_id} holds vectors of "
+                f"{model.fingerprint}, but snapshot {snapshot.snapshot_id} contains vectors of "
                 f"model {snapshot.model_fingerprint}; retrying when the indexer replaces the "
                 f"model copy or publishes another snapshot"
             )
@@ -272,7 +272,7 @@ class IndexService:
     def _report_mismatch(self, snapshot: Snapshot) -> None:
         served = self._view.model.fingerprint
         self.mismatch = (
-            f"the index was rebuilt: snapshot {snapshot.snapshot_id} holds vectors of model "
+            f"the index was rebuilt: snapshot {snapshot.snapshot_id} contains vectors of model "
             f"{snapshot.model_fingerprint}, but this service was started with --checkpoint "
             f"(PIG_CHECKPOINT) of model {served}; restart it with the checkpoint of model "
             f"{snapshot.model_fingerprint}, or without --checkpoint to use the index's model "

@@ -223,7 +223,7 @@ def _load_verified(index_dir: Path, snapshot_id: str) -> Snapshot:
         raise SnapshotCorruptError(f"snapshot {snapshot_id}: FAISS cannot read {index_path}: {error}") from error
     if index.ntotal != manifest.vector_count:
         raise SnapshotCorruptError(
-            f"snapshot {snapshot_id}: index holds {index.ntotal} vectors, the manifest records "
+            f"snapshot {snapshot_id}: index contains {index.ntotal} vectors, the manifest records "
             f"{manifest.vector_count}"
         )
 
@@ -238,7 +238,7 @@ def _load_verified(index_dir: Path, snapshot_id: str) -> Snapshot:
             )
         if recorded != index.ntotal:
             raise SnapshotCorruptError(
-                f"snapshot {snapshot_id}: index holds {index.ntotal} vectors, the catalog "
+                f"snapshot {snapshot_id}: index contains {index.ntotal} vectors, the catalog "
                 f"recorded {recorded} at publication"
             )
     return Snapshot(manifest, index, directory)

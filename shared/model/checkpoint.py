@@ -109,7 +109,7 @@ def read_checkpoint_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
         path = path.parent
     config_path = path / CONFIG_FILE
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} not found; pass the folder that holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+        raise CheckpointError(f"checkpoint directory {path} not found; pass the folder that contains {CONFIG_FILE} and {WEIGHTS_FILE}")
     if not config_path.is_file() or not (path / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"checkpoint {path} is incomplete: it needs both {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
