@@ -137,7 +137,7 @@ class LifespanErrorMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Answer 413 to request bodies larger than ``max_body_bytes``.
+    """Reject request bodies larger than ``max_body_bytes`` with 413.
 
     A declared Content-Length over the limit is rejected before the app runs. A body sent
     without one (chunked) is counted as it is read, and reading past the limit raises an

@@ -129,7 +129,7 @@ def test_launch_commands_serve(small_index, launcher, tmp_path):
         env.update(PIG_INDEX_DIR=str(small_index), PIG_DEVICE="cpu")
         command = [str(VENV_BIN / "uvicorn"), "search_api.app:app",
                    "--host", "127.0.0.1", "--port", str(port)]
-    # Logs go to a file: a pipe nobody reads fills up with access-log lines and blocks the server.
+    # Logs go to a file: an unread pipe fills up with access-log lines and blocks the server.
     log_path = tmp_path / f"{launcher}.log"
     with log_path.open("w") as log_file:
         process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)

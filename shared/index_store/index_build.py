@@ -32,7 +32,7 @@ RECALL_K = 10
 
 @dataclass(frozen=True)
 class IndexPolicy:
-    """How the snapshot builder picks an index type."""
+    """Policy the snapshot builder follows to pick an index type."""
 
     index_type: str = "auto"  # auto, flat, hnsw or ivfpq
     approx_threshold: int = 1_000_000  # vector count from which "auto" leaves flat search

@@ -161,8 +161,8 @@ class PseudoQueryGenerator(nn.Module):
 def select_informative_patches(features: FrameFeatures, count: int) -> torch.Tensor:
     """Keep the `count` patch tokens most similar to the video-level token, over the whole video.
 
-    The authors rank patches by the last ViT layer's class-token attention; this uses the cosine
-    similarity between x_v and each projected patch token, which needs no attention maps.
+    The authors rank patches by the last ViT layer's class-token attention. This uses the cosine
+    similarity between x_v and each projected patch token instead, which needs no attention maps.
     Returns [B, K, D].
     """
     patches = features.patch.flatten(1, 2)  # [B, T*N, D]
