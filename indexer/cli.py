@@ -195,6 +195,9 @@ def describe_validation_error(error: ValidationError, cli_values: dict[str, Any]
     return lines
 
 
+EXIT_BROKEN_PIPE = 128 + 13  # the shell's status for a process stopped by SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``indexer`` command and return its exit status."""
     args = build_parser().parse_args(argv)
@@ -212,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     command = {"ingest": _ingest, "status": _status, "verify": _verify, "remove": _remove}[args.command]
     try:
         return command(settings, args)
+    except BrokenPipeError:
+        # The reader of stdout went away (for example `| head`). Whatever the command wrote to
+        # the index is already committed, so this is not a failure of the command: exit like a
+        # process stopped by SIGPIPE, and keep Python from failing again when it flushes stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as error:
         # A file-system error no check foresaw, such as a disk that fills up during the run.
         logger.debug("%s failed", args.command, exc_info=True)

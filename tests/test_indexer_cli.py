@@ -452,3 +452,26 @@ def test_signal_records_interrupted_run(tmp_path: Path, checkpoints: tuple[Path,
                               f"command again to resume")
     status = run_cli("status", "--index-dir", index_dir)
     assert "last run: interrupted," in status.stdout
+
+
+def test_closed_stdout_is_not_reported_as_failure(tmp_path):
+    clip = tmp_path / "videos" / "clip.mp4"
+    clip.parent.mkdir()
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10",
+         "-t", "1", "-pix_fmt", "yuv420p", str(clip)],
+        check=True,
+    )
+    checkpoint = REPO / "checkpoints" / "demo"
+    command = [sys.executable, "-m", "indexer.cli", "ingest", str(clip.parent), "--index-dir", str(tmp_path / "index"),
+               "--checkpoint", str(checkpoint), "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    stderr = process.stderr.read()
+    process.wait(timeout=300)
+
+    assert process.returncode == 141, stderr
+    assert "failed" not in stderr
+    status = subprocess.run([sys.executable, "-m", "indexer.cli", "status", "--index-dir", str(tmp_path / "index")],
+                            capture_output=True, text=True, timeout=120)
+    assert "last run: completed" in status.stdout
