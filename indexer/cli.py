@@ -228,15 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C (SIGINT)."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
-
-
 def _ingest(settings: IndexerSettings, args: argparse.Namespace) -> int:
+    from indexer.interrupts import Terminated, install
     from indexer.pipeline import IngestError, IngestOptions, run_ingest
 
     options = IngestOptions(
@@ -246,9 +239,9 @@ def _ingest(settings: IndexerSettings, args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     stats = RunStats()
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        run_ingest(settings, args.paths, options, stats)
+        with install():
+            run_ingest(settings, args.paths, options, stats)
     except KeyboardInterrupt as error:
         name, status = ("SIGTERM", EXIT_SIGTERM) if isinstance(error, Terminated) else ("Ctrl-C", EXIT_SIGINT)
         print(
@@ -263,8 +256,6 @@ def _ingest(settings: IndexerSettings, args: argparse.Namespace) -> int:
     except (IngestError, IndexLockedError, CatalogError) as error:
         print(f"indexer: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
     print(format_summary(stats))
     return EXIT_OK
 

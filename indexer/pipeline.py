@@ -26,6 +26,7 @@ from tqdm import tqdm
 from indexer.decode import DecodeEvent, DecodeJob, DecodePool
 from indexer.discover import discover
 from indexer.encode import EncodeBatch, EncoderThread
+from indexer.interrupts import deferred
 from indexer.plan import Plan, PlannedFile, plan_files
 from indexer.settings import IndexerSettings
 from indexer.stats import RunStats
@@ -334,33 +335,35 @@ class _IngestLoop:
         if self.before_first_vectors is not None and any(s.error_kind is None for s in self.ready):
             self.before_first_vectors()
             self.before_first_vectors = None
-        with self.stats.timed("write") as write, self.catalog.transaction():
+        # The commit and the counters change together, or not at all, under Ctrl-C or SIGTERM.
+        with deferred():
+            with self.stats.timed("write") as write, self.catalog.transaction():
+                for state in self.ready:
+                    file = state.planned.file
+                    probe = ProbeFields(**state.probe) if state.probe else None
+                    if state.error_kind is not None:
+                        self.catalog.write_failed(file.path, file.size, file.mtime_ns, state.planned.content_hash,
+                                                  state.error_kind, state.reason or "", probe)
+                        continue
+                    assert state.bounds is not None
+                    segments = [
+                        SegmentToWrite(index, start_s, end_s, state.vectors[index])
+                        for index, (start_s, end_s) in enumerate(state.bounds)
+                    ]
+                    self.catalog.write_indexed(file.path, file.size, file.mtime_ns, state.planned.content_hash,
+                                               probe or ProbeFields(), segments)
+                    write.videos += 1
+                    write.segments += len(segments)
             for state in self.ready:
-                file = state.planned.file
-                probe = ProbeFields(**state.probe) if state.probe else None
                 if state.error_kind is not None:
-                    self.catalog.write_failed(file.path, file.size, file.mtime_ns, state.planned.content_hash,
-                                              state.error_kind, state.reason or "", probe)
-                    continue
-                assert state.bounds is not None
-                segments = [
-                    SegmentToWrite(index, start_s, end_s, state.vectors[index])
-                    for index, (start_s, end_s) in enumerate(state.bounds)
-                ]
-                self.catalog.write_indexed(file.path, file.size, file.mtime_ns, state.planned.content_hash,
-                                           probe or ProbeFields(), segments)
-                write.videos += 1
-                write.segments += len(segments)
-        for state in self.ready:
-            if state.error_kind is not None:
-                self.stats.failed_by_kind[state.error_kind] += 1
-                self.failed_paths[state.planned.file.path] = (state.error_kind, state.reason or "")
-            else:
-                self.stats.indexed += 1
-                self.stats.segments_written += len(state.bounds or [])
-        self.progress.update(len(self.ready))
-        self.progress.set_postfix(failed=self.stats.failed, refresh=False)
-        self.ready = []
+                    self.stats.failed_by_kind[state.error_kind] += 1
+                    self.failed_paths[state.planned.file.path] = (state.error_kind, state.reason or "")
+                else:
+                    self.stats.indexed += 1
+                    self.stats.segments_written += len(state.bounds or [])
+            self.progress.update(len(self.ready))
+            self.progress.set_postfix(failed=self.stats.failed, refresh=False)
+            self.ready = []
 
         if self.batches_since_snapshot >= self.settings.snapshot_every:
             self.batches_since_snapshot = 0

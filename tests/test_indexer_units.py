@@ -12,8 +12,10 @@ from types import SimpleNamespace
 import pytest
 from tqdm import tqdm
 
+from indexer import interrupts
 from indexer.decode import DecodeEvent, DecodeJob, DecodePool, DecodeStats
 from indexer.discover import DiscoveredFile, discover
+from indexer.interrupts import Terminated
 from indexer.pipeline import _IngestLoop
 from indexer.plan import PlannedFile
 from indexer.settings import IndexerSettings
@@ -166,3 +168,55 @@ def test_ingest_loop_records_every_timeout(tmp_path: Path, workers: int) -> None
         loop.run(files)
         assert stats.failed == len(files)
         assert catalog.count_by_status() == {"failed": len(files)}
+
+
+def test_signal_inside_deferred_block_is_raised_when_the_block_ends() -> None:
+    steps = []
+    with pytest.raises(Terminated), interrupts.install():
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs at the next bytecode; give it every chance
+            steps.append("after the signal")
+        steps.append("after the block")
+    assert steps == ["after the signal"]
+
+
+def test_signal_outside_deferred_block_is_raised_at_once() -> None:
+    with pytest.raises(KeyboardInterrupt) as caught, interrupts.install():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    assert not isinstance(caught.value, Terminated)
+
+
+def test_install_restores_the_previous_handlers() -> None:
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    with interrupts.install():
+        assert signal.getsignal(signal.SIGTERM) is not before[1]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_interrupt_during_a_commit_keeps_catalog_and_counters_equal(tmp_path: Path) -> None:
+    # The signal arrives in the middle of a write transaction. The batch must commit whole and
+    # be counted before the interrupt unwinds, so that the run's report matches the catalog.
+    files = [PlannedFile(DiscoveredFile(f"/videos/{i:02d}.mp4", 100, 1), content_hash=str(i)) for i in range(10)]
+    model = SimpleNamespace(config=SimpleNamespace(num_frames=4, image_size=32))
+    settings = IndexerSettings(index_dir=tmp_path, workers=4, batch_size=2)
+    stats = RunStats()
+    with Catalog(tmp_path / CATALOG_FILE, read_only=False) as catalog:
+        write_failed = catalog.write_failed
+        calls = []
+
+        def write_failed_then_signal(*args: object) -> None:
+            write_failed(*args)
+            calls.append(args[0])
+            if len(calls) == 6:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+
+        catalog.write_failed = write_failed_then_signal  # type: ignore[method-assign]
+        loop = _IngestLoop(settings, model, catalog, stats, tqdm(disable=True), _TimingOutPool(4))
+        with pytest.raises(Terminated), interrupts.install():
+            loop.run(files)
+        committed = catalog.count_by_status().get("failed", 0)
+    assert 6 <= committed < len(files)
+    assert stats.failed == committed
