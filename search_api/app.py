@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from pydantic_settings import SettingsError as SettingsSourceError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -159,7 +160,9 @@ def _install_exception_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """Build the application; ``settings=None`` reads them from the environment at start-up."""
     metrics = ServiceMetrics()
-    app = FastAPI(
+    # Swagger UI (/docs) and ReDoc (/redoc) load their scripts from the installed package, so
+    # the pages work on hosts without internet access.
+    app = FastAPIOffline(
         title="PIG video search",
         summary="Text-to-video search over an index built by `indexer ingest`.",
         version="0.1.0",

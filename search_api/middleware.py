@@ -12,6 +12,7 @@ from typing import Any, Callable
 from fastapi import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from search_api.metrics import ServiceMetrics
@@ -107,6 +108,9 @@ def _route_label(scope: Scope) -> str:
         for candidate in getattr(app, "routes", ()):
             if getattr(candidate, "endpoint", None) is endpoint:
                 return str(getattr(candidate, "path", "unmatched"))
+            if isinstance(candidate, Mount) and candidate.app is endpoint:
+                # One label for every file under a mount, such as the docs' scripts.
+                return f"{candidate.path}/{{path}}"
     return "unmatched"
 
 

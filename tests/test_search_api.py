@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -313,6 +314,20 @@ def test_openapi_docs_served(client):
     assert "/videos/{video_id}/file" in schema["paths"]
 
 
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_no_external_scripts(client, page):
+    html = client.get(page).text
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html) + re.findall(r"url: *'([^']+)'", html)
+    scripts = [source for source in sources if source.endswith((".js", ".css"))]
+    assert scripts, f"{page} references no script or style sheet"
+    for source in sources:
+        assert source.startswith("/"), f"{page} loads {source} from outside the service"
+    for script in scripts:
+        response = client.get(script)
+        assert response.status_code == 200, script
+        assert len(response.content) > 1000, script
+
+
 def test_body_too_large_is_413(client):
     response = client.post("/search", json={"query": "dog " * 5000})
     assert response.status_code == 413
@@ -428,6 +443,16 @@ def test_metrics_label_docs_routes(client):
     text = client.get("/metrics").text
     assert 'route="/docs"' in text
     assert 'route="/openapi.json"' in text
+
+
+def test_metrics_label_docs_files_by_mount(client):
+    html = client.get("/docs").text
+    script = re.search(r'src="(/[^"]+\.js)"', html).group(1)
+    assert client.get(script).status_code == 200
+    text = client.get("/metrics").text
+    mount = script.rsplit("/", 1)[0]
+    assert f'route="{mount}/{{path}}"' in text
+    assert script not in text, "a file name must not become a metric label"
 
 
 def test_healthz_has_only_liveness_fields(client):
