@@ -284,3 +284,29 @@ def test_frame_count_limit_named(tmp_path, pig_model):
     with pytest.raises(ValueError, match="--frames 58 or fewer"):
         load_model(checkpoint=str(tmp_path / "ckpt"), num_frames=59, device="cpu")
     assert load_model(checkpoint=str(tmp_path / "ckpt"), num_frames=58, device="cpu").config.num_frames == 58
+
+
+def test_checkpoint_backbone_starts_new_head(tmp_path):
+    torch.manual_seed(1)
+    source = load_model(model_name="pig-tiny", head="meanp", device="cpu")
+    with torch.no_grad():
+        for parameter in source.parameters():
+            parameter.add_(0.01)  # unlike any fresh random initialisation
+    save_checkpoint(source, tmp_path / "meanp")
+
+    model = load_model(model_name="pig-tiny", pretrained=str(tmp_path / "meanp"), head="pig", device="cpu")
+    source_state = source.state_dict()
+    backbone_keys = [k for k in model.state_dict() if k.startswith(("frame_encoder.", "text_tower."))]
+    assert backbone_keys
+    for key in backbone_keys:
+        assert torch.equal(model.state_dict()[key], source_state[key]), key
+    generator = model.head.generator
+    assert torch.equal(generator.transformer.resblocks[0].mlp.c_fc.weight,
+                       source.text_tower.transformer.resblocks[0].mlp.c_fc.weight)
+    assert model.config.pretrained == str(tmp_path / "meanp")
+
+
+def test_checkpoint_backbone_of_other_model_rejected(tmp_path, pig_model):
+    save_checkpoint(pig_model, tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="contains a pig-tiny backbone, not ViT-B-32"):
+        load_model(model_name="ViT-B-32", pretrained=str(tmp_path / "ckpt"), device="cpu")

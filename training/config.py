@@ -25,7 +25,9 @@ class ModelSection(_Strict):
     """Backbone and head."""
 
     model_name: str = "pig-tiny"  # open_clip architecture, e.g. ViT-B-32, or pig-tiny
-    pretrained: str | None = None  # open_clip pretrained tag (e.g. "openai") or a local weights file
+    # open_clip pretrained tag (e.g. "openai"), a local weights file, or a PIG checkpoint directory
+    # whose frame encoder and text tower start the run (the head starts afresh).
+    pretrained: str | None = None
     head: Literal["meanp", "pig"] = "pig"  # xpool is an evaluation reference and is not trained on its own
     num_frames: int = Field(12, ge=1)  # T: frames sampled per video
     context_length: int = Field(77, ge=8)  # text positions; captions are truncated to fit

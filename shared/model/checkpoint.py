@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from shared.device import resolve_device
+from shared.model.backbone import create_backbone
 from shared.model.errors import CheckpointError
 from shared.model.pig import ModelConfig, PIGModel, build_model
 
@@ -148,7 +149,41 @@ def load_checkpoint(
         quick_gelu=config.quick_gelu,
     )
     model.config = config
+    _load_weights(model, path)
+    model.eval()
+    return model.to(resolve_device(device))
 
+
+def is_checkpoint_dir(path: str | os.PathLike[str]) -> bool:
+    """Return whether ``path`` is a directory with a checkpoint's config and weights files."""
+    directory = Path(path).expanduser()
+    return (directory / CONFIG_FILE).is_file() and (directory / WEIGHTS_FILE).is_file()
+
+
+def load_backbone(directory: str | os.PathLike[str], model_name: str) -> tuple[torch.nn.Module, bool]:
+    """Return the trained open_clip backbone of a checkpoint and whether it uses QuickGELU.
+
+    Training from a checkpoint this way keeps its frame encoder and text tower and starts any
+    head afresh: the ``pig`` head then copies the trained text transformer into its
+    pseudo-query generator, as it does with pretrained CLIP weights.
+    """
+    path = Path(directory).expanduser()
+    config = ModelConfig.from_dict(read_checkpoint_config(path)["model"])
+    if config.model_name != model_name:
+        raise CheckpointError(
+            f"checkpoint {path} contains a {config.model_name} backbone, not {model_name}; "
+            f"set the model name to {config.model_name} or choose another checkpoint"
+        )
+    clip_model = create_backbone(config.model_name, None, quick_gelu=config.quick_gelu)
+    # The wrapper shares its frame encoder and text tower modules with clip_model, so loading
+    # the checkpoint into the wrapper fills the backbone.
+    _load_weights(PIGModel(clip_model, config), path)
+    logger.info("building %s from the backbone of checkpoint %s", model_name, path)
+    return clip_model, config.quick_gelu
+
+
+def _load_weights(model: PIGModel, path: Path) -> None:
+    config = model.config
     try:
         tensors = load_file(str(path / WEIGHTS_FILE), device="cpu")
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
@@ -163,5 +198,3 @@ def load_checkpoint(
             f"{len(missing)} missing tensors (first: {missing[:3]}), {len(unexpected)} unexpected (first: {unexpected[:3]})"
         )
     model.load_state_dict(tensors, strict=True)
-    model.eval()
-    return model.to(resolve_device(device))

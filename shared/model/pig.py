@@ -214,13 +214,20 @@ def build_model(
 ) -> PIGModel:
     """Create a PIG model around a freshly loaded open_clip backbone (on the CPU).
 
-    `quick_gelu=None` follows the pretrained tag: OpenAI's weights get QuickGELU.
+    `pretrained` is an open_clip tag, a weights file, or a PIG checkpoint directory whose
+    backbone is reused with a new head. `quick_gelu=None` follows the weights: OpenAI's get
+    QuickGELU, and a checkpoint keeps its own setting.
     """
     if head not in HEAD_NAMES:
         raise UnknownModelError(f"unknown head {head!r}: expected one of {', '.join(HEAD_NAMES)}")
-    if quick_gelu is None:
-        quick_gelu = tag_uses_quick_gelu(model_name, pretrained)
-    clip_model = create_backbone(model_name, pretrained, cache_dir=cache_dir, quick_gelu=quick_gelu)
+    from shared.model.checkpoint import is_checkpoint_dir, load_backbone
+
+    if pretrained is not None and is_checkpoint_dir(pretrained):
+        clip_model, quick_gelu = load_backbone(pretrained, model_name)
+    else:
+        if quick_gelu is None:
+            quick_gelu = tag_uses_quick_gelu(model_name, pretrained)
+        clip_model = create_backbone(model_name, pretrained, cache_dir=cache_dir, quick_gelu=quick_gelu)
     options = head_options or HeadOptions()
     check_num_frames(
         ModelConfig(model_name=model_name, head=head, head_options=options),
