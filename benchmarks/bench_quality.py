@@ -39,7 +39,7 @@ import yaml
 
 from shared.model import load_checkpoint
 from training.config import TrainConfig
-from training.datasets import read_caption_jsonl
+from training.datasets import CaptionDataset, read_caption_jsonl
 from training.evaluate import evaluate_model
 from training.synthetic import SyntheticConfig, generate_dataset
 from training.train import fit
@@ -58,6 +58,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo config's)")
     parser.add_argument("--cost-videos", type=int, default=1000, help="gallery size N for the query-time measurement")
     parser.add_argument(
+        "--init", type=Path, default=None,
+        help="PIG checkpoint directory whose frame encoder and text tower start every run (default: random weights)",
+    )
+    parser.add_argument(
+        "--pretrain-data-seed", type=int, default=None,
+        help="first train a meanp model with the demo recipe on a synthetic set of this seed, and start "
+        "every run from its backbone, as the paper fine-tunes from pretrained CLIP (overrides --init)",
+    )
+    parser.add_argument("--lr-clip", type=float, default=None, help="learning rate of the backbone (default: the demo config's)")
+    parser.add_argument("--lr-new", type=float, default=None, help="learning rate of the head (default: the demo config's)")
+    parser.add_argument(
         "--workers", type=int, default=2,
         help="processes that encode the synthetic videos and decode the test set "
         "(training takes runtime.num_workers from the demo config)",
@@ -65,8 +76,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def train_one(base: dict, data_dir: Path, run_dir: Path, head: str, seed: int, epochs: int | None) -> Path:
+def train_one(base: dict, data_dir: Path, run_dir: Path, head: str, seed: int, epochs: int | None,
+              init: Path | None = None) -> Path:
     config = json.loads(json.dumps(base))
+    if init is not None:
+        config["model"]["pretrained"] = str(init)
     config["output_dir"] = str(run_dir)
     config["seed"] = seed
     config["model"]["head"] = head
@@ -80,6 +94,39 @@ def train_one(base: dict, data_dir: Path, run_dir: Path, head: str, seed: int, e
     if result.best_dir is None:
         raise RuntimeError(f"run {run_dir} saved no best checkpoint; check that data.val is set")
     return result.best_dir
+
+
+def top1_confusions(similarity: torch.Tensor, targets: list[int], test_set: CaptionDataset,
+                    scenes: dict[str, dict]) -> dict[str, int]:
+    """Count top-1 hits, and top-1 misses by what the wrong clip's salient scene shares with the target's.
+
+    Salient scenes always move, so a miss that shares colour and shape differs only in direction.
+    """
+    counts = {"correct": 0, "same colour and shape": 0, "same colour": 0, "same shape": 0, "other": 0}
+    for query, target in enumerate(targets):
+        top = int(similarity[query].argmax())
+        if top == target:
+            counts["correct"] += 1
+            continue
+        expected = scenes[test_set.videos[target].video_id]
+        found = scenes[test_set.videos[top].video_id]
+        same_colour = expected["colour"] == found["colour"]
+        same_shape = expected["shape"] == found["shape"]
+        if same_colour and same_shape:
+            counts["same colour and shape"] += 1
+        elif same_colour:
+            counts["same colour"] += 1
+        elif same_shape:
+            counts["same shape"] += 1
+        else:
+            counts["other"] += 1
+    return counts
+
+
+def salient_scenes(data_dir: Path) -> dict[str, dict]:
+    """Map each clip id to its salient scene, from the generator's ``scenes.json``."""
+    clips = json.loads((data_dir / "scenes.json").read_text())["clips"]
+    return {clip["video_id"]: next(scene for scene in clip["scenes"] if scene["salient"]) for clip in clips}
 
 
 def summarise(values: list[float]) -> str:
@@ -96,19 +143,38 @@ def main() -> int:
     if not (data_dir / "test.jsonl").is_file():
         generate_dataset(data_dir, SyntheticConfig(num_train=args.train, num_test=args.test, seed=args.data_seed), workers=args.workers)
     base = yaml.safe_load(DEMO_CONFIG.read_text())
+    for key in ("lr_clip", "lr_new"):
+        if getattr(args, key) is not None:
+            base["optim"][key] = getattr(args, key)
     test_set = read_caption_jsonl(data_dir / "test.jsonl")
+    scenes = salient_scenes(data_dir)
+
+    init = args.init
+    if args.pretrain_data_seed is not None:
+        if args.pretrain_data_seed == args.data_seed:
+            raise SystemExit("--pretrain-data-seed must differ from --data-seed, or the test clips leak into pretraining")
+        pretrain_dir = args.out / f"pretrain-data{args.pretrain_data_seed}"
+        if not (pretrain_dir / "test.jsonl").is_file():
+            generate_dataset(pretrain_dir, SyntheticConfig(num_train=args.train, num_test=args.test,
+                                                           seed=args.pretrain_data_seed), workers=args.workers)
+        pretrain = yaml.safe_load(DEMO_CONFIG.read_text())
+        init = train_one(pretrain, pretrain_dir, args.out / "pretrain-meanp", "meanp", 0, None)
+        print(f"pretrained meanp backbone: {init}", flush=True)
 
     rows: dict[str, list[dict]] = {"meanp": [], "pig": [], "xpool": []}
     started = time.perf_counter()
     for seed in args.seeds:
         for trained_head, evaluated_heads in (("meanp", ["meanp"]), ("pig", ["pig", "xpool"])):
-            best = train_one(base, data_dir, args.out / f"{trained_head}-seed{seed}", trained_head, seed, args.epochs)
+            best = train_one(base, data_dir, args.out / f"{trained_head}-seed{seed}", trained_head, seed, args.epochs, init)
             model = load_checkpoint(best, device="cpu")
             for result in evaluate_model(model, test_set, evaluated_heads, cost_videos=args.cost_videos, num_workers=args.workers):
-                entry = {"seed": seed, "query_ms": result.query_ms, **result.report.as_dict()}
+                assert result.similarity is not None and result.targets is not None
+                confusions = top1_confusions(result.similarity, result.targets, test_set, scenes)
+                entry = {"seed": seed, "query_ms": result.query_ms, "top1": confusions, **result.report.as_dict()}
                 rows[result.head].append(entry)
                 t2v = entry["t2v"]
-                print(f"seed {seed} {result.head:<6} t2v R@1 {t2v['R@1']:6.2f} R@5 {t2v['R@5']:6.2f} query {result.query_ms:.2f} ms", flush=True)
+                print(f"seed {seed} {result.head:<6} t2v R@1 {t2v['R@1']:6.2f} R@5 {t2v['R@5']:6.2f} query {result.query_ms:.2f} ms; "
+                      f"top-1 {confusions}", flush=True)
 
     print()
     print(f"Synthetic benchmark: {len(test_set)} test videos, seeds {args.seeds}, query cost over {args.cost_videos} videos")
@@ -124,6 +190,8 @@ def main() -> int:
         "benchmark": "synthetic text-to-video retrieval",
         "seeds": args.seeds,
         "data": {"train": args.train, "test": args.test, "seed": args.data_seed},
+        "init": None if init is None else str(init),
+        "optim": base["optim"] | ({"epochs": args.epochs} if args.epochs is not None else {}),
         "cost_videos": args.cost_videos,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch.get_num_threads()},
         "seconds": time.perf_counter() - started,

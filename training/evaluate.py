@@ -51,6 +51,8 @@ class HeadResult:
     report: RetrievalReport  # both directions, DSL when requested
     query_ms: float | None  # median milliseconds per query over cost_videos videos
     cost_videos: int  # gallery size N of the cost measurement
+    similarity: torch.Tensor | None = None  # [Q, V] text-to-video scores the metrics came from
+    targets: list[int] | None = None  # [Q] video index of each caption
 
 
 def _derive_heads(model: PIGModel, heads: list[str]) -> dict[str, PIGModel]:
@@ -215,7 +217,8 @@ def evaluate_model(
             similarity = head_similarity(model, encoded, head)
             report = retrieval_metrics(similarity, encoded.targets, dsl=dsl)
             query_ms = measure_query_ms(model, encoded, head, cost_videos) if cost_videos else None
-            results.append(HeadResult(head=head, report=report, query_ms=query_ms, cost_videos=cost_videos or 0))
+            results.append(HeadResult(head=head, report=report, query_ms=query_ms, cost_videos=cost_videos or 0,
+                                      similarity=similarity, targets=encoded.targets))
         return results
     finally:
         model.train(was_training)
