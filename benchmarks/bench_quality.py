@@ -27,6 +27,7 @@ runs by 0 to 6 points, so gaps of a few points between heads are within the nois
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import platform
@@ -65,6 +66,10 @@ def parse_args() -> argparse.Namespace:
         "--pretrain-data-seed", type=int, default=None,
         help="first train a meanp model with the demo recipe on a synthetic set of this seed, and start "
         "every run from its backbone, as the paper fine-tunes from pretrained CLIP (overrides --init)",
+    )
+    parser.add_argument(
+        "--trail", type=int, default=0,
+        help="fading copies drawn behind each moving object in the synthetic clips, so that one frame shows the direction",
     )
     parser.add_argument("--lr-clip", type=float, default=None, help="learning rate of the backbone (default: the demo config's)")
     parser.add_argument("--lr-new", type=float, default=None, help="learning rate of the head (default: the demo config's)")
@@ -123,6 +128,19 @@ def top1_confusions(similarity: torch.Tensor, targets: list[int], test_set: Capt
     return counts
 
 
+def ensure_dataset(directory: Path, config: SyntheticConfig, workers: int) -> None:
+    """Generate the synthetic set into ``directory`` unless the same settings already made it."""
+    scenes_file = directory / "scenes.json"
+    if scenes_file.is_file() and (directory / "test.jsonl").is_file():
+        # Settings added to the generator later are missing from older files and had their defaults.
+        stored = {**dataclasses.asdict(SyntheticConfig()), **json.loads(scenes_file.read_text())["config"]}
+        if stored == dataclasses.asdict(config):
+            return
+        raise SystemExit(f"{directory} contains a synthetic set made with other settings ({stored}); "
+                         "choose another --out folder or delete it")
+    generate_dataset(directory, config, workers=workers)
+
+
 def salient_scenes(data_dir: Path) -> dict[str, dict]:
     """Map each clip id to its salient scene, from the generator's ``scenes.json``."""
     clips = json.loads((data_dir / "scenes.json").read_text())["clips"]
@@ -140,8 +158,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     data_dir = args.out / "data"
-    if not (data_dir / "test.jsonl").is_file():
-        generate_dataset(data_dir, SyntheticConfig(num_train=args.train, num_test=args.test, seed=args.data_seed), workers=args.workers)
+    ensure_dataset(data_dir, SyntheticConfig(num_train=args.train, num_test=args.test, seed=args.data_seed,
+                                             trail=args.trail), args.workers)
     base = yaml.safe_load(DEMO_CONFIG.read_text())
     for key in ("lr_clip", "lr_new"):
         if getattr(args, key) is not None:
@@ -154,9 +172,8 @@ def main() -> int:
         if args.pretrain_data_seed == args.data_seed:
             raise SystemExit("--pretrain-data-seed must differ from --data-seed, or the test clips leak into pretraining")
         pretrain_dir = args.out / f"pretrain-data{args.pretrain_data_seed}"
-        if not (pretrain_dir / "test.jsonl").is_file():
-            generate_dataset(pretrain_dir, SyntheticConfig(num_train=args.train, num_test=args.test,
-                                                           seed=args.pretrain_data_seed), workers=args.workers)
+        ensure_dataset(pretrain_dir, SyntheticConfig(num_train=args.train, num_test=args.test,
+                                                     seed=args.pretrain_data_seed, trail=args.trail), args.workers)
         pretrain = yaml.safe_load(DEMO_CONFIG.read_text())
         init = train_one(pretrain, pretrain_dir, args.out / "pretrain-meanp", "meanp", 0, None)
         print(f"pretrained meanp backbone: {init}", flush=True)
@@ -189,7 +206,7 @@ def main() -> int:
     payload = {
         "benchmark": "synthetic text-to-video retrieval",
         "seeds": args.seeds,
-        "data": {"train": args.train, "test": args.test, "seed": args.data_seed},
+        "data": {"train": args.train, "test": args.test, "seed": args.data_seed, "trail": args.trail},
         "init": None if init is None else str(init),
         "optim": base["optim"] | ({"epochs": args.epochs} if args.epochs is not None else {}),
         "cost_videos": args.cost_videos,

@@ -295,3 +295,28 @@ def test_demo_checkpoint_loads():
     assert model.config.head == "pig"
     assert vectors.shape == (2, model.config.embed_dim)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+def test_synthetic_trail_shows_direction():
+    from training.synthetic import _BACKGROUND, COLOURS, DIRECTIONS, plan_dataset, render_clip
+
+    config = SyntheticConfig(num_train=8, num_test=1, seed=3, trail=3, noise_std=0.0)
+    plain = SyntheticConfig(num_train=8, num_test=1, seed=3, trail=0, noise_std=0.0)
+    spec = next(s for s in plan_dataset(config) if s.split == "train")
+    frames, plain_frames = render_clip(config, spec), render_clip(plain, spec)
+    first = 0
+    for scene in spec.scenes:
+        frame = frames[first + scene.num_frames // 2].astype(np.float32)
+        plain_frame = plain_frames[first + scene.num_frames // 2].astype(np.float32)
+        first += scene.num_frames
+        colour = np.array(COLOURS[scene.colour], dtype=np.float32)
+        dimmed = np.all(np.abs(frame - (0.5 * colour + 0.5 * _BACKGROUND)) < 12, axis=-1)
+        if scene.direction is None:
+            assert np.array_equal(frame, plain_frame), "a still object must get no trail"
+            continue
+        assert dimmed.sum() > 0, f"no trail behind the {scene.direction}-moving {scene.shape}"
+        full = np.all(np.abs(frame - colour) < 12, axis=-1)
+        dx, dy = DIRECTIONS[scene.direction]
+        along = np.mgrid[0 : frames.shape[1], 0 : frames.shape[2]]
+        position = dx * along[1] + dy * along[0]  # coordinate along the direction of motion
+        assert position[dimmed].mean() < position[full].mean(), "the trail must lie behind the object"

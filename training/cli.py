@@ -23,6 +23,10 @@ def _add_synth_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same clips")
     parser.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")
     parser.add_argument("--fps", type=int, default=8, help="frames per second (default 8)")
+    parser.add_argument(
+        "--trail", type=int, default=0,
+        help="fading copies drawn behind each moving object, so that one frame shows the direction (default 0)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="encoding processes (default 2)")
     parser.set_defaults(handler=_run_synth)
 
@@ -30,7 +34,9 @@ def _add_synth_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_synth(args: argparse.Namespace) -> int:
     from training.synthetic import SyntheticConfig, generate_dataset
 
-    config = SyntheticConfig(num_train=args.train, num_test=args.test, seed=args.seed, size=args.size, fps=args.fps)
+    config = SyntheticConfig(
+        num_train=args.train, num_test=args.test, seed=args.seed, size=args.size, fps=args.fps, trail=args.trail
+    )
     paths = generate_dataset(args.out, config, workers=args.workers)
     print(f"wrote {args.train} training clips to {paths['train']} and {args.test} test clips to {paths['test']}")
     return 0

@@ -71,6 +71,7 @@ _CAPTION_TEMPLATES = (
     "the {size} {shape}, {colour}, heads {direction}",
 )
 _BACKGROUND = np.array([28, 28, 32], dtype=np.float32)
+_TRAIL_SPACING = 0.6  # distance between trail copies, as a fraction of the object's half-size
 _SPLIT_CODES = {"train": 0, "test": 1}
 
 
@@ -89,6 +90,7 @@ class SyntheticConfig:
     train_captions: int = 4  # captions per training clip
     test_captions: int = 1  # captions per test clip, one as in MSR-VTT 1k-A
     noise_std: float = 4.0  # per-pixel Gaussian noise, in 8-bit levels
+    trail: int = 0  # fading copies drawn behind a moving object, so that one frame shows its direction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +227,13 @@ def render_clip(config: SyntheticConfig, spec: ClipSpec) -> np.ndarray:
             progress = step / max(scene.num_frames - 1, 1)
             centre = (start[0] + dx * travel * progress, start[1] + dy * travel * progress)
             frame = np.broadcast_to(_BACKGROUND, (config.size, config.size, 3)).copy()
+            # The farthest copy is drawn first, so nearer, brighter copies and the object cover it.
+            for echo in range(config.trail if scene.direction else 0, 0, -1):
+                offset = echo * _TRAIL_SPACING * scene.radius
+                behind = (centre[0] - dx * offset, centre[1] - dy * offset)
+                weight = 0.5**echo
+                mask = _shape_mask(scene.shape, grid_x, grid_y, behind, scene.radius)
+                frame[mask] = weight * colour + (1.0 - weight) * _BACKGROUND
             frame[_shape_mask(scene.shape, grid_x, grid_y, centre, scene.radius)] = colour
             if config.noise_std > 0:
                 frame += rng.normal(0.0, config.noise_std, size=frame.shape).astype(np.float32)
