@@ -30,6 +30,8 @@ from shared.index_store import (
     IndexLockedError,
     IndexStoreError,
     ModelMismatchError,
+    RebuildInProgressError,
+    RebuildState,
     SnapshotCorruptError,
     SnapshotNotFoundError,
     WriterLock,
@@ -112,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--prune", action="store_true",
                         help="drop the vectors of catalog files under PATH that no longer exist")
     ingest.add_argument("--rebuild", action="store_true",
-                        help="drop every vector in the index and re-index with the given model")
+                        help="re-index every file with the given model, replacing the old vectors "
+                             "when done; re-run to resume an unfinished rebuild")
     ingest.add_argument("--retry-failed", action="store_true",
                         help="decode files that failed in an earlier run even if unchanged")
     ingest.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -253,6 +256,9 @@ def _ingest(settings: IndexerSettings, args: argparse.Namespace) -> int:
     except ModelMismatchError as error:
         print(f"indexer: model mismatch: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    except RebuildInProgressError as error:
+        print(f"indexer: rebuild unfinished: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     except (IngestError, IndexLockedError, CatalogError) as error:
         print(f"indexer: {error}", file=sys.stderr)
         return EXIT_FAILURE
@@ -322,6 +328,9 @@ def _status(settings: IndexerSettings, args: argparse.Namespace) -> int:
             + ", ".join(f"{status} {counts.get(status, 0)}" for status in ("indexed", "duplicate", "failed", "removed"))
         )
         print(f"segments in catalog: {catalog.count_segments()}")
+        rebuild = catalog.rebuild_state()
+        if rebuild is not None:
+            print(f"rebuild: {_describe_rebuild(rebuild)}")
         current = read_current_snapshot_id(settings.index_dir)
         vector_count = None if current is None else catalog.snapshot_vector_count(current)
         if current is None:
@@ -345,6 +354,14 @@ def _status(settings: IndexerSettings, args: argparse.Namespace) -> int:
             for video in failed:
                 print(f"  {video.path}\t{video.failure_kind}: {video.failure_reason}")
     return EXIT_OK
+
+
+def _describe_rebuild(rebuild: RebuildState) -> str:
+    return (
+        f"unfinished, to model {rebuild.fingerprint}: {rebuild.videos_done} videos written; the "
+        f"current snapshot keeps serving the old model until `indexer ingest --rebuild` with "
+        f"that model finishes"
+    )
 
 
 def _describe_run(run: dict[str, Any], writer_running: bool) -> str:
@@ -393,9 +410,11 @@ def _verify(settings: IndexerSettings, args: argparse.Namespace) -> int:
                     f"catalog's {catalog.model_fingerprint()}"
                 )
             print(f"snapshot {snapshot.snapshot_id}: {snapshot.vector_count} vectors, checksum ok")
-        for video in catalog.list_videos(status="indexed"):
-            if not catalog.list_segments(video.id):
-                problems.append(f"indexed video {video.path} has no segments")
+        for path in catalog.indexed_videos_without_segments():
+            problems.append(f"indexed video {path} has no segments")
+        rebuild = catalog.rebuild_state()
+        if rebuild is not None:
+            print(f"note: rebuild {_describe_rebuild(rebuild)}")
     if WriterLock(settings.index_dir).is_held_by_other():
         problems.append("a writer is running; counts may change until it finishes")
     for problem in problems:

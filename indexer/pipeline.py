@@ -5,6 +5,11 @@ overlap. The unit of durability is one video: its catalog row and all its segmen
 committed in the same SQLite transaction (several videos per transaction), so a run killed at
 any moment leaves each video either fully indexed or untouched, and the next run finishes the
 rest. Snapshots are rebuilt from the catalog, so they always match it once published.
+
+``--rebuild`` re-encodes everything in place: the new model's rows go to the catalog's next
+generation while the old snapshot, its rows and ``INDEX_DIR/model`` keep serving. No snapshot
+is published until every file has been written again. Then one commit drops the old rows, the
+staged model copy replaces ``INDEX_DIR/model`` and ``CURRENT`` moves to the new snapshot.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +38,23 @@ from indexer.stats import RunStats
 from shared.index_store import (
     CATALOG_FILE,
     MODEL_DIR,
+    REBUILD_MODEL_DIR,
     Catalog,
     IndexPolicy,
     ModelMismatchError,
     ProbeFields,
+    RebuildInProgressError,
     SNAPSHOTS_DIR,
     SegmentToWrite,
+    SnapshotCorruptError,
+    SnapshotNotFoundError,
     WriterLock,
+    collect_garbage,
+    point_current,
     publish_snapshot,
     read_current_snapshot_id,
+    read_manifest,
+    write_snapshot,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,7 +73,7 @@ class IngestOptions:
     """Per-run switches of ``indexer ingest`` that are not settings."""
 
     prune: bool = False  # mark catalog files under the ingest paths that no longer exist as removed
-    rebuild: bool = False  # drop every vector and re-index everything (after a model change)
+    rebuild: bool = False  # re-index everything in place, e.g. after a model change
     retry_failed: bool = False  # decode files that failed before even if they did not change
     progress: bool = True  # show a progress bar (only on a terminal)
 
@@ -139,35 +152,110 @@ def load_indexer_model(settings: IndexerSettings) -> Any:
         raise IngestError(f"cannot load the model: {error}") from error
 
 
-def _save_model_copy(model: Any, index_dir: Path) -> None:
-    """Save ``model`` as ``INDEX_DIR/model``, replacing an older copy in one rename."""
+def _save_model_copy(model: Any, index_dir: Path, name: str = MODEL_DIR) -> None:
+    """Save ``model`` as ``INDEX_DIR/<name>``, replacing an older copy in one rename."""
     from shared.model.checkpoint import save_checkpoint
 
-    target = index_dir / MODEL_DIR
-    staging = index_dir / f".{MODEL_DIR}-{os.getpid()}.tmp"
+    staging = index_dir / f".{name}-{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     save_checkpoint(model, staging, provenance={"saved_by": "indexer ingest"})
+    _replace_directory(staging, index_dir / name)
+
+
+def _replace_directory(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``, moving an existing ``target`` aside and deleting it."""
     if target.exists():
-        old = index_dir / f".{MODEL_DIR}-{os.getpid()}.old"
+        old = target.parent / f".{target.name}-{os.getpid()}.old"
+        shutil.rmtree(old, ignore_errors=True)
         os.rename(target, old)
-        os.rename(staging, target)
+        os.rename(source, target)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.rename(staging, target)
+        os.rename(source, target)
 
 
-def check_model(catalog: Catalog, fingerprint: str, index_dir: Path, rebuild: bool) -> None:
-    """Raise ``ModelMismatchError`` when the index was built by another model.
+def _copy_fingerprint(directory: Path) -> str | None:
+    """Return the fingerprint a saved model copy records, or None when it is missing or unreadable."""
+    from shared.model.checkpoint import read_checkpoint_config
+    from shared.model.errors import ModelError
 
-    With ``rebuild`` every video and vector of the old model is dropped instead. Nothing about
-    the new model is stored here: ``record_model`` does that once it has produced a vector.
+    try:
+        fingerprint = read_checkpoint_config(directory).get("fingerprint")
+    except (ModelError, OSError):
+        return None
+    return None if fingerprint is None else str(fingerprint)
+
+
+def check_model(catalog: Catalog, model: Any, fingerprint: str, index_dir: Path, rebuild: bool) -> bool:
+    """Check the model against the index and return True when this run is an in-place rebuild.
+
+    Raises ``ModelMismatchError`` when the index was built by another model and
+    ``RebuildInProgressError`` when a rebuild is unfinished, unless ``rebuild`` is set. With
+    ``rebuild`` the run resumes an unfinished rebuild to the same model, or starts a new one
+    (discarding an unfinished rebuild to another model). An index without a model gets a
+    plain first ingest. Outside a rebuild nothing about the model is stored here:
+    ``record_model`` does that once it has produced a vector.
     """
     stored = catalog.model_fingerprint()
+    pending = catalog.rebuild_state()
+    if pending is not None and not rebuild:
+        raise RebuildInProgressError(stored, pending.fingerprint, fingerprint, str(index_dir))
+    if pending is not None and pending.fingerprint == fingerprint:
+        logger.warning(
+            "resuming the rebuild of %s to model %s: %d videos already written, the old model %s "
+            "is served until it finishes", index_dir, fingerprint, pending.videos_done, stored,
+        )
+        return True
     if stored is not None and stored != fingerprint and not rebuild:
         raise ModelMismatchError(stored, fingerprint, str(index_dir))
-    if rebuild and stored is not None:
-        logger.warning("rebuilding %s: dropping every vector of model %s", index_dir, stored)
-        catalog.clear_all()
+    if not rebuild or stored is None:
+        return False
+    if stored == fingerprint and _published_fingerprint(index_dir) not in (None, fingerprint):
+        # A rebuild killed after its final commit: only the model swap (done by
+        # finish_model_swap) and the move of CURRENT are missing, and this run publishes.
+        logger.warning("completing the rebuild of %s to model %s: publishing its snapshot", index_dir, fingerprint)
+        return False
+    generation = catalog.start_rebuild(fingerprint, model.config.to_dict(), int(model.config.embed_dim))
+    shutil.rmtree(index_dir / REBUILD_MODEL_DIR, ignore_errors=True)
+    logger.warning(
+        "rebuilding %s with model %s (generation %d): the vectors of model %s are served until "
+        "the rebuild publishes its snapshot", index_dir, fingerprint, generation, stored,
+    )
+    return True
+
+
+def _published_fingerprint(index_dir: Path) -> str | None:
+    """Return the model fingerprint of the snapshot ``CURRENT`` names, or None when unreadable."""
+    current = read_current_snapshot_id(index_dir)
+    if current is None:
+        return None
+    try:
+        return read_manifest(index_dir, current).model_fingerprint
+    except (SnapshotNotFoundError, SnapshotCorruptError):
+        return None
+
+
+def finish_model_swap(catalog: Catalog, index_dir: Path) -> None:
+    """Complete or clear a staged rebuild model copy that no unfinished rebuild owns.
+
+    A rebuild killed between its final catalog commit and the swap of the model copy leaves
+    ``INDEX_DIR/model.rebuild`` with the catalog's model, and that copy replaces
+    ``INDEX_DIR/model`` now. Any other leftover staged copy is deleted.
+    """
+    staged = index_dir / REBUILD_MODEL_DIR
+    if not staged.exists() or catalog.rebuild_state() is not None:
+        return
+    if _copy_fingerprint(staged) == catalog.model_fingerprint():
+        logger.warning("finishing the model swap of an interrupted rebuild of %s", index_dir)
+        _replace_directory(staged, index_dir / MODEL_DIR)
+    else:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def stage_rebuild_model(model: Any, fingerprint: str, index_dir: Path) -> None:
+    """Save the rebuild's model as ``INDEX_DIR/model.rebuild`` unless it is already there."""
+    if _copy_fingerprint(index_dir / REBUILD_MODEL_DIR) != fingerprint:
+        _save_model_copy(model, index_dir, REBUILD_MODEL_DIR)
 
 
 def record_model(catalog: Catalog, model: Any, fingerprint: str, index_dir: Path) -> None:
@@ -210,8 +298,11 @@ class _IngestLoop:
         progress: tqdm,
         pool: DecodePool,
         before_first_vectors: Callable[[], None] | None = None,
+        intermediate_snapshots: bool = True,
     ) -> None:
         self.settings = settings
+        # Publish a snapshot every `snapshot_every` encode batches (off during a rebuild).
+        self.intermediate_snapshots = intermediate_snapshots
         self.before_first_vectors = before_first_vectors  # called once, before vectors are written
         self.pool = pool
         self.model = model
@@ -365,7 +456,7 @@ class _IngestLoop:
             self.progress.set_postfix(failed=self.stats.failed, refresh=False)
             self.ready = []
 
-        if self.batches_since_snapshot >= self.settings.snapshot_every:
+        if self.intermediate_snapshots and self.batches_since_snapshot >= self.settings.snapshot_every:
             self.batches_since_snapshot = 0
             with self.stats.timed("snapshot"):
                 publish_snapshot(self.settings.index_dir, self.catalog, policy_from(self.settings),
@@ -478,7 +569,9 @@ def run_ingest(
         with WriterLock(index_dir):
             catalog = Catalog(index_dir / CATALOG_FILE, read_only=False)
             try:
-                check_model(catalog, fingerprint, index_dir, options.rebuild)
+                finish_model_swap(catalog, index_dir)
+                rebuilding = check_model(catalog, model, fingerprint, index_dir, options.rebuild)
+                options = replace(options, rebuild=rebuilding)
                 _run_recorded(catalog, model, fingerprint, pool, settings, paths, found, options, stats, started)
             finally:
                 catalog.close()
@@ -536,9 +629,13 @@ def _ingest_into(
     show = options.progress and sys.stderr.isatty()
     progress = tqdm(total=len(plan.to_decode), unit="video", desc="ingest", disable=not show, dynamic_ncols=True)
     def before_first_vectors() -> None:
-        record_model(catalog, model, fingerprint, settings.index_dir)
+        if options.rebuild:
+            stage_rebuild_model(model, fingerprint, settings.index_dir)
+        else:
+            record_model(catalog, model, fingerprint, settings.index_dir)
 
-    loop = _IngestLoop(settings, model, catalog, stats, progress, pool, before_first_vectors)
+    loop = _IngestLoop(settings, model, catalog, stats, progress, pool, before_first_vectors,
+                       intermediate_snapshots=not options.rebuild)
     pipeline_started = time.perf_counter()
     try:
         loop.run(plan.to_decode)
@@ -546,18 +643,15 @@ def _ingest_into(
         progress.close()
         stats.pipeline_seconds = time.perf_counter() - pipeline_started
     _write_run_duplicates(catalog, plan, stats, loop.failed_paths)
+    if options.rebuild:
+        stage_rebuild_model(model, fingerprint, settings.index_dir)
+        _finish_rebuild(catalog, settings, stats)
+        return
     # A run that indexed nothing still completed with this model, and a snapshot needs its D.
     record_model(catalog, model, fingerprint, settings.index_dir)
 
-    changed = stats.indexed or stats.removed or stats.duplicates or loop.batches_since_snapshot or options.rebuild
-    current = read_current_snapshot_id(settings.index_dir)
-    current_missing = current is not None and not (settings.index_dir / SNAPSHOTS_DIR / current).is_dir()
-    if (
-        changed
-        or current is None
-        or current_missing
-        or catalog.snapshot_vector_count(current) != catalog.count_segments()
-    ):
+    changed = stats.indexed or stats.removed or stats.duplicates or loop.batches_since_snapshot
+    if changed or _current_snapshot_is_stale(settings.index_dir, catalog):
         with stats.timed("snapshot"):
             manifest = publish_snapshot(settings.index_dir, catalog, policy_from(settings), keep=settings.keep_snapshots)
         stats.snapshot_id = manifest.snapshot_id
@@ -565,5 +659,51 @@ def _ingest_into(
         stats.index_type = manifest.index_type
         stats.recall_at_10 = manifest.recall_at_10
     else:
+        current = read_current_snapshot_id(settings.index_dir)
         stats.snapshot_id = current
-        stats.vector_count = catalog.snapshot_vector_count(current)
+        stats.vector_count = None if current is None else catalog.snapshot_vector_count(current)
+
+
+def _current_snapshot_is_stale(index_dir: Path, catalog: Catalog) -> bool:
+    """Return True when ``CURRENT`` names no snapshot that matches the catalog's live rows."""
+    current = read_current_snapshot_id(index_dir)
+    if current is None or not (index_dir / SNAPSHOTS_DIR / current).is_dir():
+        return True
+    if catalog.snapshot_vector_count(current) != catalog.count_segments():
+        return True
+    try:
+        manifest = read_manifest(index_dir, current)
+    except (SnapshotNotFoundError, SnapshotCorruptError):
+        return True
+    # A rebuild killed after its final commit leaves CURRENT on the old model's snapshot.
+    return manifest.model_fingerprint != catalog.model_fingerprint()
+
+
+def _finish_rebuild(catalog: Catalog, settings: IndexerSettings, stats: RunStats) -> None:
+    """Publish the rebuild's one snapshot, swapping catalog rows and model copy with it.
+
+    The snapshot is built first, while readers still serve the old one. Then one commit
+    deletes the old generation and records the snapshot, the staged model copy replaces
+    ``INDEX_DIR/model`` and ``CURRENT`` moves. After a run killed before the commit, the next
+    ``--rebuild`` run resumes the rebuild. After one killed later, the next ingest completes
+    it (``finish_model_swap`` and ``_current_snapshot_is_stale``).
+    """
+    index_dir = settings.index_dir
+    with stats.timed("snapshot"):
+        manifest = write_snapshot(index_dir, catalog, policy_from(settings), rebuild=True)
+        # NOTE: from this commit until a running service reloads the new snapshot (its reload
+        # interval plus the model load), hits of the old snapshot no longer resolve.
+        with deferred():
+            dropped = catalog.finish_rebuild(manifest.snapshot_id, manifest.vector_count, manifest.index_type)
+            _replace_directory(index_dir / REBUILD_MODEL_DIR, index_dir / MODEL_DIR)
+            point_current(index_dir, manifest.snapshot_id)
+        collect_garbage(index_dir, catalog, keep=settings.keep_snapshots)
+    logger.info(
+        "rebuild of %s finished: published snapshot %s (%d vectors) of model %s; dropped %d "
+        "videos that were not found again",
+        index_dir, manifest.snapshot_id, manifest.vector_count, manifest.model_fingerprint, dropped,
+    )
+    stats.snapshot_id = manifest.snapshot_id
+    stats.vector_count = manifest.vector_count
+    stats.index_type = manifest.index_type
+    stats.recall_at_10 = manifest.recall_at_10

@@ -7,6 +7,8 @@
   this run) has the same hash, the file is recorded as a duplicate of it and not decoded: the
   content is indexed once and both paths are listed.
 - Everything else is decoded and encoded.
+- During a rebuild, a row that the rebuild has not written yet (an older generation) counts as
+  new, so a resumed rebuild skips exactly the files it already wrote.
 
 The content hash is BLAKE2b over the whole file, computed in a few threads (hashlib releases the
 GIL on large buffers).
@@ -78,10 +80,11 @@ def plan_files(
 ) -> Plan:
     """Sort discovered files into unchanged, touched, duplicates and files to decode."""
     plan = Plan()
+    generation = catalog.write_generation()
     need_hash: list[tuple[DiscoveredFile, str | None]] = []  # (file, stored hash to compare)
     for file in files:
         record = catalog.get_video_by_path(file.path)
-        if record is None or record.status == STATUS_REMOVED:
+        if record is None or record.status == STATUS_REMOVED or record.generation != generation:
             need_hash.append((file, None))
             continue
         if record.size == file.size and record.mtime_ns == file.mtime_ns:

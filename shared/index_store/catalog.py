@@ -8,6 +8,12 @@ reader still serves can never map one of its ids to a different segment.
 Duplicates: a file whose content hash equals an indexed video's is stored with status
 ``duplicate`` and ``duplicate_of`` pointing at that video. Its content is indexed once, and
 ``VideoRecord.duplicate_paths`` lists the other names.
+
+Generations: every video and segment row carries the generation that wrote it. Snapshots,
+counts and segment listings see only the live generation (meta ``generation``). An in-place
+rebuild (``start_rebuild``) writes the new model's rows under the next generation and leaves
+the live rows in place, so a reader keeps serving the old snapshot completely.
+``finish_rebuild`` then deletes the old rows and makes the new generation live in one commit.
 """
 
 from __future__ import annotations
@@ -30,7 +36,13 @@ from shared.index_store.errors import CatalogError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Meta keys of an unfinished rebuild: its generation and the model it writes vectors of.
+_REBUILD_KEYS = ("rebuild_generation", "rebuild_fingerprint", "rebuild_model_config", "rebuild_embed_dim")
+
+# The live generation as an SQL expression, read in the same statement as the rows it filters.
+_LIVE_GENERATION = "(SELECT COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), 0))"
 
 # Video statuses stored in videos.status.
 STATUS_INDEXED = "indexed"
@@ -60,7 +72,8 @@ CREATE TABLE IF NOT EXISTS videos (
     duplicate_of INTEGER REFERENCES videos(id),
     failure_kind TEXT,
     failure_reason TEXT,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS videos_content_hash ON videos(content_hash);
 CREATE INDEX IF NOT EXISTS videos_duplicate_of ON videos(duplicate_of);
@@ -70,7 +83,8 @@ CREATE TABLE IF NOT EXISTS segments (
     segment_index INTEGER NOT NULL,
     start_s REAL NOT NULL,
     end_s REAL NOT NULL,
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS segments_video_id ON segments(video_id);
 CREATE TABLE IF NOT EXISTS runs (
@@ -90,8 +104,10 @@ CREATE TABLE IF NOT EXISTS snapshots (
 
 _VIDEO_COLUMNS = (
     "id, path, size, mtime_ns, content_hash, duration, fps, frame_count, width, height, codec, "
-    "rotation, status, duplicate_of, failure_kind, failure_reason, updated_at"
+    "rotation, status, duplicate_of, failure_kind, failure_reason, updated_at, generation"
 )
+# Schema version 1 has no generation columns, so all its rows belong to generation 0.
+_VIDEO_COLUMNS_V1 = _VIDEO_COLUMNS.replace(", generation", ", 0 AS generation")
 
 
 def utc_now() -> str:
@@ -128,6 +144,7 @@ class VideoRecord:
     failure_reason: str | None  # for failures: a one-line reason
     updated_at: str  # ISO 8601 UTC time of the last change
     duplicate_paths: tuple[str, ...] = ()  # other files with the same content
+    generation: int = 0  # the catalog generation that last wrote the row
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -158,6 +175,17 @@ class SegmentRecord:
 
 
 @dataclass(frozen=True)
+class RebuildState:
+    """An unfinished in-place rebuild, as stored in the catalog's meta table."""
+
+    generation: int  # the generation its rows are written under
+    fingerprint: str  # fingerprint of the model it re-encodes with
+    model_config: dict[str, Any]  # that model's config
+    embed_dim: int  # that model's vector width D
+    videos_done: int  # video rows already written by the rebuild (any status)
+
+
+@dataclass(frozen=True)
 class SegmentToWrite:
     """A segment and its vector, as handed to the catalog by the indexer."""
 
@@ -181,6 +209,7 @@ class Catalog:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._generations = False  # whether the schema has generation columns (version 2+)
         if read_only:
             if not self.path.is_file():
                 raise CatalogError(
@@ -248,16 +277,54 @@ class Catalog:
         self.close()
 
     def _migrate(self, connection: sqlite3.Connection) -> None:
-        row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                connection.execute(
+                    "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif int(row["value"]) > SCHEMA_VERSION:
+                raise CatalogError(
+                    f"catalog {self.path} has schema version {row['value']}, newer than this "
+                    f"program's {SCHEMA_VERSION}; upgrade the program"
+                )
+            elif int(row["value"]) == 1:
+                # Version 2 adds the generation columns, and every existing row is generation 0.
+                for table in ("videos", "segments"):
+                    connection.execute(
+                        f"ALTER TABLE {table} ADD COLUMN generation INTEGER NOT NULL DEFAULT 0"
+                    )
+                connection.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+                )
+                logger.info("upgraded catalog %s to schema version %d", self.path, SCHEMA_VERSION)
             connection.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                "CREATE INDEX IF NOT EXISTS segments_generation ON segments(generation)"
             )
-        elif int(row["value"]) > SCHEMA_VERSION:
-            raise CatalogError(
-                f"catalog {self.path} has schema version {row['value']}, newer than this "
-                f"program's {SCHEMA_VERSION}; upgrade the program"
-            )
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        self._generations = True
+
+    def _has_generations(self) -> bool:
+        # A read-only reader of a version 1 catalog checks again on each call until a writer
+        # upgrades the file, because it cannot add the columns itself.
+        if not self._generations:
+            columns = self._connection().execute("PRAGMA table_info(segments)").fetchall()
+            self._generations = any(column["name"] == "generation" for column in columns)
+        return self._generations
+
+    def _video_columns(self) -> str:
+        return _VIDEO_COLUMNS if self._has_generations() else _VIDEO_COLUMNS_V1
+
+    def _live(self, alias: str = "") -> str:
+        """Return an SQL condition that keeps only rows of the live generation."""
+        if not self._has_generations():
+            return "1 = 1"
+        prefix = f"{alias}." if alias else ""
+        return f"{prefix}generation = {_LIVE_GENERATION}"
 
     def _require_writable(self) -> sqlite3.Connection:
         if self.read_only:
@@ -292,17 +359,69 @@ class Catalog:
         value = self.get_meta("embed_dim")
         return None if value is None else int(value)
 
-    def count_indexed_videos(self) -> int:
-        """Return the number of videos with status ``indexed`` (duplicates not counted)."""
+    def live_generation(self) -> int:
+        """Return the generation whose rows snapshots, counts and listings see."""
+        value = self.get_meta("generation")
+        return 0 if value is None else int(value)
+
+    def rebuild_state(self) -> RebuildState | None:
+        """Return the unfinished in-place rebuild, or None when no rebuild is in progress."""
+        values = {key: self.get_meta(key) for key in _REBUILD_KEYS}
+        if values["rebuild_generation"] is None:
+            return None
+        generation = int(values["rebuild_generation"])
         row = self._connection().execute(
-            "SELECT COUNT(*) AS n FROM videos WHERE status = ?", (STATUS_INDEXED,)
+            "SELECT COUNT(*) AS n FROM videos WHERE generation = ?", (generation,)
+        ).fetchone()
+        return RebuildState(
+            generation=generation,
+            fingerprint=str(values["rebuild_fingerprint"]),
+            model_config=json.loads(values["rebuild_model_config"] or "{}"),
+            embed_dim=int(values["rebuild_embed_dim"] or 0),
+            videos_done=int(row["n"]),
+        )
+
+    def write_generation(self) -> int:
+        """Return the generation that writes go to: the rebuild's while one is unfinished."""
+        value = self.get_meta("rebuild_generation")
+        return self.live_generation() if value is None else int(value)
+
+    def _write_embed_dim(self) -> int | None:
+        value = self.get_meta("rebuild_embed_dim")
+        return self.embed_dim() if value is None else int(value)
+
+    def count_indexed_videos(self) -> int:
+        """Return the number of videos with status ``indexed`` and live segments.
+
+        Duplicates are not counted, and neither are videos that only an unfinished rebuild
+        has written so far.
+        """
+        row = self._connection().execute(
+            "SELECT COUNT(*) AS n FROM videos v WHERE v.status = ? AND EXISTS "
+            f"(SELECT 1 FROM segments s WHERE s.video_id = v.id AND {self._live('s')})",
+            (STATUS_INDEXED,),
         ).fetchone()
         return int(row["n"])
 
     def count_segments(self) -> int:
-        """Return the number of segment rows, which is the vector count a snapshot must have."""
-        row = self._connection().execute("SELECT COUNT(*) AS n FROM segments").fetchone()
+        """Return the number of live segment rows, which is the vector count a snapshot must have."""
+        row = self._connection().execute(
+            f"SELECT COUNT(*) AS n FROM segments WHERE {self._live()}"
+        ).fetchone()
         return int(row["n"])
+
+    def indexed_videos_without_segments(self) -> list[str]:
+        """Return the paths of indexed videos that have no segment of their own generation."""
+        if self._has_generations():
+            condition = "s.generation = v.generation"
+        else:
+            condition = "1 = 1"
+        rows = self._connection().execute(
+            "SELECT v.path FROM videos v WHERE v.status = ? AND NOT EXISTS "
+            f"(SELECT 1 FROM segments s WHERE s.video_id = v.id AND {condition}) ORDER BY v.path",
+            (STATUS_INDEXED,),
+        ).fetchall()
+        return [str(row["path"]) for row in rows]
 
     def count_by_status(self) -> dict[str, int]:
         """Return the number of videos per status."""
@@ -313,7 +432,11 @@ class Catalog:
 
     def segments_for_vector_ids(self, ids: Iterable[int]) -> dict[int, SegmentRecord]:
         """Map FAISS vector ids to their segments; ids with no row (padding -1, or removed
-        since the snapshot was built) are absent from the result."""
+        since the snapshot was built) are absent from the result.
+
+        Rows of every generation are found, because a reader keeps serving the old snapshot
+        while a rebuild writes the next generation.
+        """
         wanted = sorted({int(i) for i in ids if int(i) >= 0})
         result: dict[int, SegmentRecord] = {}
         connection = self._connection()
@@ -332,11 +455,11 @@ class Catalog:
         return self._with_duplicate_paths(result)
 
     def list_segments(self, video_id: int) -> list[SegmentRecord]:
-        """Return a video's segments in time order."""
+        """Return a video's live segments in time order."""
         rows = self._connection().execute(
             "SELECT s.id, s.video_id, s.segment_index, s.start_s, s.end_s, v.path "
             "FROM segments s JOIN videos v ON v.id = s.video_id "
-            "WHERE s.video_id = ? ORDER BY s.segment_index",
+            f"WHERE s.video_id = ? AND {self._live('s')} ORDER BY s.segment_index",
             (int(video_id),),
         ).fetchall()
         segments = self._with_duplicate_paths({i: _segment_from_row(row) for i, row in enumerate(rows)})
@@ -371,14 +494,14 @@ class Catalog:
     def get_video(self, video_id: int) -> VideoRecord | None:
         """Return one video by id, with the paths of its duplicates, or None."""
         row = self._connection().execute(
-            f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE id = ?", (int(video_id),)
+            f"SELECT {self._video_columns()} FROM videos WHERE id = ?", (int(video_id),)
         ).fetchone()
         return None if row is None else self._video_from_row(row)
 
     def get_video_by_path(self, path: str) -> VideoRecord | None:
         """Return one video by its stored path, or None."""
         row = self._connection().execute(
-            f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE path = ?", (str(path),)
+            f"SELECT {self._video_columns()} FROM videos WHERE path = ?", (str(path),)
         ).fetchone()
         return None if row is None else self._video_from_row(row)
 
@@ -386,32 +509,58 @@ class Catalog:
         """Return every video, or those with one status, ordered by path."""
         if status is None:
             rows = self._connection().execute(
-                f"SELECT {_VIDEO_COLUMNS} FROM videos ORDER BY path"
+                f"SELECT {self._video_columns()} FROM videos ORDER BY path"
             ).fetchall()
         else:
             rows = self._connection().execute(
-                f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE status = ? ORDER BY path", (status,)
+                f"SELECT {self._video_columns()} FROM videos WHERE status = ? ORDER BY path",
+                (status,),
             ).fetchall()
         return [self._video_from_row(row, with_duplicates=False) for row in rows]
 
     def find_indexed_by_hash(self, content_hash: str) -> VideoRecord | None:
-        """Return the indexed video with this content hash, or None."""
+        """Return the indexed video with this content hash in the write generation, or None.
+
+        During a rebuild only videos the rebuild has already written count, because the
+        others are deleted when it finishes unless it writes them too.
+        """
         row = self._connection().execute(
             f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE content_hash = ? AND status = ? "
-            "ORDER BY id LIMIT 1",
-            (content_hash, STATUS_INDEXED),
+            "AND generation = ? ORDER BY id LIMIT 1",
+            (content_hash, STATUS_INDEXED, self.write_generation()),
         ).fetchone()
         return None if row is None else self._video_from_row(row)
 
     def segment_ids(self) -> np.ndarray:
-        """Return every segment id, sorted, as int64 [N]."""
-        rows = self._connection().execute("SELECT id FROM segments ORDER BY id").fetchall()
+        """Return every live segment id, sorted, as int64 [N]."""
+        rows = self._connection().execute(
+            f"SELECT id FROM segments WHERE {self._live()} ORDER BY id"
+        ).fetchall()
         return np.asarray([int(row["id"]) for row in rows], dtype=np.int64)
 
-    def iter_vectors(self, chunk_size: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (ids int64 [n], vectors float32 [n, D]) chunks of every stored segment."""
-        dim = self.embed_dim()
-        cursor = self._connection().execute("SELECT id, vector FROM segments ORDER BY id")
+    def iter_vectors(
+        self, chunk_size: int = 65536, rebuild: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (ids int64 [n], vectors float32 [n, D]) chunks of every live segment.
+
+        With ``rebuild`` the segments of the unfinished rebuild are read instead.
+        """
+        if rebuild:
+            state = self.rebuild_state()
+            if state is None:
+                raise CatalogError(
+                    f"catalog {self.path} has no unfinished rebuild to read vectors of; call "
+                    f"start_rebuild() first"
+                )
+            dim: int | None = state.embed_dim
+            cursor = self._connection().execute(
+                "SELECT id, vector FROM segments WHERE generation = ? ORDER BY id", (state.generation,)
+            )
+        else:
+            dim = self.embed_dim()
+            cursor = self._connection().execute(
+                f"SELECT id, vector FROM segments WHERE {self._live()} ORDER BY id"
+            )
         while True:
             rows = cursor.fetchmany(chunk_size)
             if not rows:
@@ -484,6 +633,7 @@ class Catalog:
             failure_reason=row["failure_reason"],
             updated_at=str(row["updated_at"]),
             duplicate_paths=duplicate_paths,
+            generation=int(row["generation"]),
         )
 
     # Write side
@@ -503,19 +653,59 @@ class Catalog:
             self.set_meta("model_config", json.dumps(config, sort_keys=True))
             self.set_meta("embed_dim", str(int(embed_dim)))
 
-    def clear_all(self) -> None:
-        """Delete every video, segment and snapshot record and the model, for a rebuild.
+    def start_rebuild(self, fingerprint: str, config: dict[str, Any], embed_dim: int) -> int:
+        """Start an in-place rebuild with another model and return its generation.
 
-        Run records are kept as history. AUTOINCREMENT keeps ids from being reused afterwards.
+        The live rows stay untouched. The segments of an unfinished earlier rebuild are
+        deleted, because no snapshot contains them, and its video rows are written again.
         """
         with self.transaction() as connection:
-            connection.execute("DELETE FROM segments")
-            connection.execute("UPDATE videos SET duplicate_of = NULL")
-            connection.execute("DELETE FROM videos")
-            connection.execute("DELETE FROM snapshots")
+            earlier = self.get_meta("rebuild_generation")
+            if earlier is not None:
+                connection.execute("DELETE FROM segments WHERE generation = ?", (int(earlier),))
+                logger.warning(
+                    "discarded the unfinished rebuild of %s to model %s",
+                    self.path, self.get_meta("rebuild_fingerprint"),
+                )
+            row = connection.execute(
+                "SELECT MAX(generation) AS g FROM (SELECT generation FROM videos "
+                "UNION ALL SELECT generation FROM segments)"
+            ).fetchone()
+            generation = max(self.live_generation(), int(row["g"] or 0), int(earlier or 0)) + 1
+            self.set_meta("rebuild_generation", str(generation))
+            self.set_meta("rebuild_fingerprint", fingerprint)
+            self.set_meta("rebuild_model_config", json.dumps(config, sort_keys=True))
+            self.set_meta("rebuild_embed_dim", str(int(embed_dim)))
+        return generation
+
+    def finish_rebuild(self, snapshot_id: str, vector_count: int, index_type: str) -> int:
+        """Make the rebuild's generation live and record its snapshot, in one commit.
+
+        Deletes every row of older generations: the old model's segments and the videos the
+        rebuild did not find again. Returns the number of deleted video rows. The caller
+        publishes the snapshot (points ``CURRENT`` at it) after this commit.
+        """
+        state = self.rebuild_state()
+        if state is None:
+            raise CatalogError(f"catalog {self.path} has no unfinished rebuild to finish")
+        generation = state.generation
+        with self.transaction() as connection:
             connection.execute(
-                "DELETE FROM meta WHERE key IN ('model_fingerprint', 'model_config', 'embed_dim')"
+                "UPDATE videos SET duplicate_of = NULL WHERE generation != ? OR duplicate_of IN "
+                "(SELECT id FROM videos WHERE generation != ?)",
+                (generation, generation),
             )
+            connection.execute("DELETE FROM segments WHERE generation != ?", (generation,))
+            deleted = connection.execute(
+                "DELETE FROM videos WHERE generation != ?", (generation,)
+            ).rowcount
+            self.set_meta("model_fingerprint", state.fingerprint)
+            self.set_meta("model_config", json.dumps(state.model_config, sort_keys=True))
+            self.set_meta("embed_dim", str(state.embed_dim))
+            self.set_meta("generation", str(generation))
+            connection.executemany("DELETE FROM meta WHERE key = ?", [(key,) for key in _REBUILD_KEYS])
+            self.record_snapshot(snapshot_id, vector_count, index_type)
+        return int(deleted)
 
     def write_indexed(
         self,
@@ -529,20 +719,23 @@ class Catalog:
         """Store a video and its segments, replacing what the path held before.
 
         Call inside transaction(), so that the old segments disappear in the same commit that
-        adds the new ones. Returns the video id.
+        adds the new ones. During a rebuild, segments of older generations stay until
+        ``finish_rebuild``. Returns the video id.
         """
         connection = self._require_writable()
-        dim = self.embed_dim()
+        dim = self._write_embed_dim()
+        generation = self.write_generation()
         video_id = self._detach_path(path)
         values = (
             size, mtime_ns, content_hash, probe.duration, probe.fps, probe.frame_count,
             probe.width, probe.height, probe.codec, probe.rotation, STATUS_INDEXED, utc_now(),
+            generation,
         )
         if video_id is None:
             cursor = connection.execute(
                 "INSERT INTO videos(size, mtime_ns, content_hash, duration, fps, frame_count, "
-                "width, height, codec, rotation, status, updated_at, path) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "width, height, codec, rotation, status, updated_at, generation, path) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*values, path),
             )
             video_id = int(cursor.lastrowid)
@@ -550,8 +743,8 @@ class Catalog:
             connection.execute(
                 "UPDATE videos SET size = ?, mtime_ns = ?, content_hash = ?, duration = ?, "
                 "fps = ?, frame_count = ?, width = ?, height = ?, codec = ?, rotation = ?, "
-                "status = ?, updated_at = ?, duplicate_of = NULL, failure_kind = NULL, "
-                "failure_reason = NULL WHERE id = ?",
+                "status = ?, updated_at = ?, generation = ?, duplicate_of = NULL, "
+                "failure_kind = NULL, failure_reason = NULL WHERE id = ?",
                 (*values, video_id),
             )
         rows = []
@@ -563,11 +756,12 @@ class Catalog:
                     f"D = {dim}"
                 )
             rows.append(
-                (video_id, segment.segment_index, segment.start_s, segment.end_s, vector.tobytes())
+                (video_id, segment.segment_index, segment.start_s, segment.end_s,
+                 vector.tobytes(), generation)
             )
         connection.executemany(
-            "INSERT INTO segments(video_id, segment_index, start_s, end_s, vector) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO segments(video_id, segment_index, start_s, end_s, vector, generation) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             rows,
         )
         return video_id
@@ -607,7 +801,8 @@ class Catalog:
         """Drop a video's segments and mark it removed; return False when the path is unknown.
 
         When other paths hold the same content, the first of them takes over the segments, so
-        the content stays searchable under a name that still exists.
+        the content stays searchable under a name that still exists. Otherwise the segments of
+        every generation go, so an unfinished rebuild does not bring the video back.
         """
         connection = self._require_writable()
         row = connection.execute(
@@ -615,7 +810,8 @@ class Catalog:
         ).fetchone()
         if row is None or row["status"] == STATUS_REMOVED:
             return False
-        self._detach_path(path)
+        video_id = self._detach_path(path)
+        connection.execute("DELETE FROM segments WHERE video_id = ?", (video_id,))
         connection.execute(
             "UPDATE videos SET status = ?, duplicate_of = NULL, updated_at = ? WHERE path = ?",
             (STATUS_REMOVED, utc_now(), path),
@@ -640,15 +836,15 @@ class Catalog:
         values = (
             size, mtime_ns, content_hash, probe.duration, probe.fps, probe.frame_count,
             probe.width, probe.height, probe.codec, probe.rotation, status, duplicate_of,
-            failure_kind, failure_reason, utc_now(),
+            failure_kind, failure_reason, utc_now(), self.write_generation(),
         )
         columns = (
             "size, mtime_ns, content_hash, duration, fps, frame_count, width, height, codec, "
-            "rotation, status, duplicate_of, failure_kind, failure_reason, updated_at"
+            "rotation, status, duplicate_of, failure_kind, failure_reason, updated_at, generation"
         )
         if video_id is None:
             cursor = connection.execute(
-                f"INSERT INTO videos({columns}, path) VALUES ({','.join('?' * 16)})",
+                f"INSERT INTO videos({columns}, path) VALUES ({','.join('?' * 17)})",
                 (*values, path),
             )
             return int(cursor.lastrowid)
@@ -661,15 +857,18 @@ class Catalog:
 
         The path's old segments are deleted, unless a duplicate of its content exists under
         another path: then that duplicate's row takes over the old content and segments.
+        During a rebuild, a row of an older generation keeps its segments, because the
+        served snapshot still contains them; ``finish_rebuild`` deletes them.
         """
         connection = self._require_writable()
+        generation = self.write_generation()
         row = connection.execute(
             f"SELECT {_VIDEO_COLUMNS} FROM videos WHERE path = ?", (path,)
         ).fetchone()
         if row is None:
             return None
         video_id = int(row["id"])
-        if row["status"] != STATUS_INDEXED:
+        if row["status"] != STATUS_INDEXED or int(row["generation"]) != generation:
             return video_id
         heir = connection.execute(
             "SELECT id, path, size, mtime_ns FROM videos WHERE duplicate_of = ? AND status = ? "
@@ -677,7 +876,9 @@ class Catalog:
             (video_id, STATUS_DUPLICATE),
         ).fetchone()
         if heir is None:
-            connection.execute("DELETE FROM segments WHERE video_id = ?", (video_id,))
+            connection.execute(
+                "DELETE FROM segments WHERE video_id = ? AND generation = ?", (video_id, generation)
+            )
             return video_id
 
         # Swap paths so that the heir's row becomes the indexed one, keeping the segments on

@@ -32,5 +32,31 @@ class ModelMismatchError(IndexStoreError):
         )
 
 
+class RebuildInProgressError(IndexStoreError):
+    """An in-place rebuild to another model is unfinished, and a plain ingest was requested."""
+
+    def __init__(
+        self, index_fingerprint: str | None, rebuild_fingerprint: str, model_fingerprint: str, index_dir: str
+    ) -> None:
+        self.index_fingerprint = index_fingerprint
+        self.rebuild_fingerprint = rebuild_fingerprint
+        self.model_fingerprint = model_fingerprint
+        if model_fingerprint == rebuild_fingerprint:
+            message = (
+                f"the index in {index_dir} is being rebuilt from model {index_fingerprint} to "
+                f"this model {model_fingerprint}, and the rebuild is unfinished; re-run the "
+                f"ingest with --rebuild to resume it"
+            )
+        else:
+            message = (
+                f"a rebuild of the index in {index_dir} from model {index_fingerprint} to model "
+                f"{rebuild_fingerprint} is in progress, so vectors of the loaded model "
+                f"{model_fingerprint} cannot be added; finish the rebuild with --rebuild and "
+                f"model {rebuild_fingerprint}, or start another rebuild with --rebuild and this "
+                f"model"
+            )
+        super().__init__(message)
+
+
 class IndexLockedError(IndexStoreError):
     """Another writer holds the index directory's lock file."""

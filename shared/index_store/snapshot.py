@@ -41,6 +41,9 @@ CURRENT_FILE = "CURRENT"
 INDEX_FILE = "index.faiss"
 MANIFEST_FILE = "manifest.json"
 MODEL_DIR = "model"
+# The model copy of an unfinished in-place rebuild. It replaces MODEL_DIR just before the
+# rebuild's snapshot becomes CURRENT, so MODEL_DIR stays the model of the CURRENT snapshot.
+REBUILD_MODEL_DIR = "model.rebuild"
 MIN_KEEP = 2
 
 
@@ -188,6 +191,15 @@ def load_snapshot(
         raise
 
 
+def read_manifest(index_dir: str | Path, snapshot_id: str) -> SnapshotManifest:
+    """Return a snapshot's manifest without loading or verifying its index file.
+
+    Raises ``SnapshotNotFoundError`` when the snapshot is missing and ``SnapshotCorruptError``
+    when its manifest is unreadable.
+    """
+    return _read_manifest(Path(index_dir) / SNAPSHOTS_DIR / snapshot_id, snapshot_id)
+
+
 def _read_manifest(directory: Path, snapshot_id: str) -> SnapshotManifest:
     try:
         data = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
@@ -274,20 +286,52 @@ def publish_snapshot(
     policy: IndexPolicy | None = None,
     keep: int = 3,
 ) -> SnapshotManifest:
-    """Build a snapshot of every vector in ``catalog``, publish it and collect old snapshots.
+    """Build a snapshot of every live vector in ``catalog``, publish it and collect old snapshots.
 
     The caller must hold the writer lock. ``keep`` (at least 2) snapshots stay on disk so that
     the loader has a previous good one to fall back to.
     """
+    started = time.perf_counter()
+    manifest = write_snapshot(index_dir, catalog, policy)
+    catalog.record_snapshot(manifest.snapshot_id, manifest.vector_count, manifest.index_type)
+    point_current(index_dir, manifest.snapshot_id)
+    logger.info(
+        "published snapshot %s: %d vectors, %s index, %.2f s",
+        manifest.snapshot_id, manifest.vector_count, manifest.index_type,
+        time.perf_counter() - started,
+    )
+    collect_garbage(index_dir, catalog, keep=keep)
+    return manifest
+
+
+def write_snapshot(
+    index_dir: str | Path,
+    catalog: Catalog,
+    policy: IndexPolicy | None = None,
+    rebuild: bool = False,
+) -> SnapshotManifest:
+    """Build a snapshot of the live vectors and move its folder into place, unpublished.
+
+    With ``rebuild`` the snapshot contains the vectors of the catalog's unfinished rebuild
+    and records the rebuild's model. The snapshot is neither recorded in the catalog nor
+    named by ``CURRENT``; ``publish_snapshot`` and the rebuild's finish do both.
+    """
     index_dir = Path(index_dir)
     policy = policy or IndexPolicy()
-    dim = catalog.embed_dim()
+    if rebuild:
+        state = catalog.rebuild_state()
+        if state is None:
+            raise ValueError(f"catalog {catalog.path} has no unfinished rebuild to build a snapshot of")
+        dim: int | None = state.embed_dim
+        fingerprint: str | None = state.fingerprint
+    else:
+        dim = catalog.embed_dim()
+        fingerprint = catalog.model_fingerprint()
     if dim is None:
         raise ValueError(f"catalog {catalog.path} has no model recorded; cannot build a snapshot")
 
-    started = time.perf_counter()
     id_chunks, vector_chunks = [], []
-    for ids, vectors in catalog.iter_vectors():
+    for ids, vectors in catalog.iter_vectors(rebuild=rebuild):
         id_chunks.append(ids)
         vector_chunks.append(vectors)
     ids = np.concatenate(id_chunks) if id_chunks else np.zeros(0, dtype=np.int64)
@@ -302,7 +346,7 @@ def publish_snapshot(
         index_file=INDEX_FILE,
         index_size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
-        model_fingerprint=catalog.model_fingerprint(),
+        model_fingerprint=fingerprint,
         index_type=built.index_type,
         embed_dim=dim,
         created_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
@@ -321,18 +365,16 @@ def publish_snapshot(
     final = snapshots_root / snapshot_id
     os.rename(staging, final)
     _fsync_path(snapshots_root)
+    return manifest
 
-    catalog.record_snapshot(snapshot_id, manifest.vector_count, manifest.index_type)
+
+def point_current(index_dir: str | Path, snapshot_id: str) -> None:
+    """Replace ``CURRENT`` with ``snapshot_id`` atomically; the snapshot must be recorded first."""
+    index_dir = Path(index_dir)
     pointer_tmp = index_dir / f"{CURRENT_FILE}.tmp"
     _write_file_synced(pointer_tmp, f"{snapshot_id}\n".encode("ascii"))
     os.replace(pointer_tmp, index_dir / CURRENT_FILE)
     _fsync_path(index_dir)
-    logger.info(
-        "published snapshot %s: %d vectors, %s index, %.2f s",
-        snapshot_id, manifest.vector_count, manifest.index_type, time.perf_counter() - started,
-    )
-    collect_garbage(index_dir, catalog, keep=keep)
-    return manifest
 
 
 def collect_garbage(index_dir: str | Path, catalog: Catalog | None = None, keep: int = 3) -> list[str]:
