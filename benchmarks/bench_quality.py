@@ -68,6 +68,11 @@ def parse_args() -> argparse.Namespace:
         "every run from its backbone, as the paper fine-tunes from pretrained CLIP (overrides --init)",
     )
     parser.add_argument(
+        "--val-data-seed", type=int, default=None,
+        help="choose each run's best checkpoint on the test clips of a synthetic set of this seed "
+        "instead of on the test set itself",
+    )
+    parser.add_argument(
         "--trail", type=int, default=0,
         help="fading copies drawn behind each moving object in the synthetic clips, so that one frame shows the direction",
     )
@@ -82,15 +87,16 @@ def parse_args() -> argparse.Namespace:
 
 
 def train_one(base: dict, data_dir: Path, run_dir: Path, head: str, seed: int, epochs: int | None,
-              init: Path | None = None) -> Path:
+              init: Path | None = None, val_dir: Path | None = None) -> Path:
     config = json.loads(json.dumps(base))
     if init is not None:
         config["model"]["pretrained"] = str(init)
+    val_dir = val_dir or data_dir
     config["output_dir"] = str(run_dir)
     config["seed"] = seed
     config["model"]["head"] = head
     config["data"]["train"]["annotations"] = str(data_dir / "train.jsonl")
-    config["data"]["val"]["annotations"] = str(data_dir / "test.jsonl")
+    config["data"]["val"]["annotations"] = str(val_dir / "test.jsonl")
     config["schedule"]["save_dtype"] = "float32"
     config["runtime"]["cache_dir"] = str(data_dir / "frame_cache")
     if epochs is not None:
@@ -167,6 +173,14 @@ def main() -> int:
     test_set = read_caption_jsonl(data_dir / "test.jsonl")
     scenes = salient_scenes(data_dir)
 
+    val_dir = None
+    if args.val_data_seed is not None:
+        if args.val_data_seed in (args.data_seed, args.pretrain_data_seed):
+            raise SystemExit("--val-data-seed must differ from --data-seed and --pretrain-data-seed")
+        val_dir = args.out / f"val-data{args.val_data_seed}"
+        ensure_dataset(val_dir, SyntheticConfig(num_train=1, num_test=args.test, seed=args.val_data_seed,
+                                                trail=args.trail), args.workers)
+
     init = args.init
     if args.pretrain_data_seed is not None:
         if args.pretrain_data_seed == args.data_seed:
@@ -182,7 +196,8 @@ def main() -> int:
     started = time.perf_counter()
     for seed in args.seeds:
         for trained_head, evaluated_heads in (("meanp", ["meanp"]), ("pig", ["pig", "xpool"])):
-            best = train_one(base, data_dir, args.out / f"{trained_head}-seed{seed}", trained_head, seed, args.epochs, init)
+            best = train_one(base, data_dir, args.out / f"{trained_head}-seed{seed}", trained_head, seed, args.epochs,
+                             init, val_dir)
             model = load_checkpoint(best, device="cpu")
             for result in evaluate_model(model, test_set, evaluated_heads, cost_videos=args.cost_videos, num_workers=args.workers):
                 assert result.similarity is not None and result.targets is not None
@@ -208,6 +223,7 @@ def main() -> int:
         "seeds": args.seeds,
         "data": {"train": args.train, "test": args.test, "seed": args.data_seed, "trail": args.trail},
         "init": None if init is None else str(init),
+        "validation": "test set" if val_dir is None else str(val_dir / "test.jsonl"),
         "optim": base["optim"] | ({"epochs": args.epochs} if args.epochs is not None else {}),
         "cost_videos": args.cost_videos,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch.get_num_threads()},

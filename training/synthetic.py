@@ -7,7 +7,8 @@ show small objects of a different colour and a different shape. Every caption de
 salient scene ("a big red circle moves to the left"). So a plain average over all frames mixes the
 salient object with the distractors, and the average of frames cannot tell the direction of
 motion, because moving left and moving right visit the same positions. A video vector that weighs
-frames by content and reads their order can do better.
+frames by content and reads their order can do better. With ``trail`` set, each moving object
+leaves a fading trail behind it, so that a single frame shows its direction.
 
 Output layout, the MSR-VTT JSON-lines form read by ``training.datasets.read_caption_jsonl``::
 
