@@ -13,7 +13,7 @@ Runs take a few minutes per model on a 2-core CPU; ``--epochs`` and ``--train`` 
 ``--pretrain-data-seed`` repeats the paper's setting: both heads are fine-tuned from one trained
 ``meanp`` backbone instead of from random weights. ``--select last`` evaluates each run's final
 checkpoint, so equal budgets are compared and no checkpoint is chosen on a test or validation
-score; ``--val-data-seed`` chooses the best one on another synthetic set instead of the test set.
+score. ``--val-data-seed`` chooses the best checkpoint on another synthetic set instead.
 
 NOTE: ``pig`` does not beat ``meanp`` on every seed yet. Fine-tuned from a trained backbone with
 ``--select last`` (2-core CPU), R@1 was meanp 15.6 / 14.6 / 17.7 and pig 21.9 / 20.8 / 17.7. From
