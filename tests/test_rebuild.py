@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from indexer.cli import plural
 from shared.index_store import (
     CATALOG_FILE,
     CURRENT_FILE,
@@ -230,7 +231,7 @@ def test_rebuild_serves_old_snapshot_until_done(
         # The same command again encodes only the videos the killed run did not commit.
         resumed = ingest(index_dir, checkpoints[1], clips[0].parent, "--rebuild")
         assert resumed.returncode == 0, resumed.stderr
-        assert f"indexed {CLIP_COUNT - killed_at} videos" in resumed.stdout
+        assert f"indexed {plural(CLIP_COUNT - killed_at, 'video')} (" in resumed.stdout
 
         wait_for(lambda: client.get("/readyz").json()["model_fingerprint"] == fingerprints[1])
         ready = client.get("/readyz")
@@ -314,7 +315,7 @@ def test_service_starts_during_rebuild(
     assert verify.returncode == 0, verify.stdout
     assert f"rebuild unfinished, to model {fingerprints[1]}" in verify.stdout
     status = run_cli("status", "--index-dir", index_dir)
-    assert f"{half_rebuilt[1]} videos written" in status.stdout
+    assert f"{plural(half_rebuilt[1], 'video')} written" in status.stdout
 
     with live_server(index_dir, reload_interval_s=0.1) as server, server.client() as client:
         ready = client.get("/readyz")
