@@ -121,6 +121,14 @@ class ApiSettings(BaseSettings):
         description="OpenMP threads of a FAISS search for a micro-batch of several queries; "
         "default the CPU count, at most 4.",
     )
+    faiss_blas_threshold: int = Field(
+        default=8,
+        ge=1,
+        le=1_000_000,
+        description="Micro-batches of at least this many queries search a flat index with one "
+        "BLAS matrix product instead of one scan per query. On 2 cores with one thread the "
+        "product was faster from 4 queries at 1M vectors and from 8 at 10k.",
+    )
     faiss_nprobe: int | None = Field(
         default=None,
         ge=1,

@@ -158,6 +158,27 @@ def test_snapshot_search_matches_brute_force(index_dir: Path) -> None:
     assert np.isneginf(scores[0, 40:]).all()
 
 
+def test_batched_blas_search_matches_scan(index_dir: Path) -> None:
+    # The search service lowers FAISS's BLAS threshold so that a micro-batch of queries costs one
+    # matrix product. Both paths must return the same ranking.
+    vectors = unit_vectors(3000, seed=5)
+    with Catalog(index_dir / CATALOG_FILE, read_only=False) as catalog:
+        add_video(catalog, "/videos/long.mp4", vectors)
+        publish_snapshot(index_dir, catalog)
+    snapshot = load_snapshot(index_dir)
+    queries = unit_vectors(16, seed=6)
+    default = faiss.cvar.distance_compute_blas_threshold
+    try:
+        faiss.cvar.distance_compute_blas_threshold = 1_000_000
+        scan_scores, scan_ids = snapshot.search(queries, k=40)
+        faiss.cvar.distance_compute_blas_threshold = 2
+        blas_scores, blas_ids = snapshot.search(queries, k=40)
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = default
+    np.testing.assert_array_equal(blas_ids, scan_ids)
+    np.testing.assert_allclose(blas_scores, scan_scores, atol=1e-5)
+
+
 def test_empty_snapshot_search(index_dir: Path) -> None:
     with Catalog(index_dir / CATALOG_FILE, read_only=False) as catalog:
         publish_snapshot(index_dir, catalog)

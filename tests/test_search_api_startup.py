@@ -125,6 +125,7 @@ def test_launch_commands_serve(small_index, launcher, tmp_path):
     if launcher == "search-api":
         command = [str(VENV_BIN / "search-api"), "--index-dir", str(small_index),
                    "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+        env.update(PIG_FAISS_BLAS_THRESHOLD="5")
     else:
         env.update(PIG_INDEX_DIR=str(small_index), PIG_DEVICE="cpu")
         command = [str(VENV_BIN / "uvicorn"), "search_api.app:app",
@@ -145,6 +146,8 @@ def test_launch_commands_serve(small_index, launcher, tmp_path):
     stderr = log_path.read_text()
     assert "loaded model pig-tiny" in stderr
     assert "loaded index" in stderr
+    threshold = "5" if launcher == "search-api" else "8"
+    assert f"micro-batches of {threshold} or more queries with one BLAS product" in stderr
 
 
 @pytest.mark.parametrize("published", [True, False])

@@ -91,8 +91,8 @@ class SearchService:
         self.links = links
         self._metrics = metrics
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pig-faiss")
-        # Concurrent queries share one FAISS call, which turns Q matrix-vector products over
-        # the index into one matrix-matrix product.
+        # Concurrent queries share one FAISS call. From faiss_blas_threshold queries on, a flat
+        # index computes their scores with one matrix-matrix product instead of Q scans.
         self._batcher: MicroBatcher[SearchJob, tuple[np.ndarray, np.ndarray]] = MicroBatcher(
             "faiss",
             self._search_batch,
@@ -103,6 +103,14 @@ class SearchService:
         )
 
     def start(self) -> None:
+        # FAISS 1.15 uses its BLAS path only for batches of 128,000 queries or more, so it scans
+        # the index once per query of a micro-batch. The threshold is process-wide, and this
+        # service's FAISS thread is the only code that searches.
+        faiss.cvar.distance_compute_blas_threshold = self.settings.faiss_blas_threshold
+        logger.info(
+            "FAISS searches micro-batches of %d or more queries with one BLAS product",
+            self.settings.faiss_blas_threshold,
+        )
         self._batcher.start()
 
     async def stop(self) -> None:
