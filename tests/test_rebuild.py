@@ -21,7 +21,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-import torch
 
 from indexer.cli import plural
 from shared.index_store import (
@@ -35,7 +34,7 @@ from shared.index_store import (
     load_snapshot,
     read_current_snapshot_id,
 )
-from shared.model import load_checkpoint, load_model, model_fingerprint, save_checkpoint
+from shared.model import load_checkpoint, model_fingerprint
 from shared.model.checkpoint import read_checkpoint_config
 from test_search_api_support import environment_without_pig, live_server
 from videos import make_h264
@@ -43,18 +42,6 @@ from videos import make_h264
 REPO = Path(__file__).resolve().parent.parent
 CLIP_COUNT = 8
 KILL_AFTER_VIDEOS = 2
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Two pig-tiny checkpoints with different random weights: the old and the new model."""
-    root = tmp_path_factory.mktemp("rebuild_checkpoints")
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = load_model(model_name="pig-tiny", head="pig", device="cpu")
-        paths.append(save_checkpoint(model, root / f"seed{seed}"))
-    return paths[0], paths[1]
 
 
 @pytest.fixture(scope="module")
