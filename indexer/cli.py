@@ -248,8 +248,8 @@ def _ingest(settings: IndexerSettings, args: argparse.Namespace) -> int:
     except KeyboardInterrupt as error:
         name, status = ("SIGTERM", EXIT_SIGTERM) if isinstance(error, Terminated) else ("Ctrl-C", EXIT_SIGINT)
         print(
-            f"indexer: interrupted by {name}: {plural(stats.indexed, 'video')} committed; run the same "
-            f"command again to resume",
+            f"indexer: interrupted by {name}: this run committed {plural(stats.indexed, 'video')}; run "
+            f"the same command again to resume and to publish them for search",
             file=sys.stderr,
         )
         return status

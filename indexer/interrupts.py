@@ -4,11 +4,13 @@ Python raises ``KeyboardInterrupt`` between any two bytecodes. If that happens a
 transaction commits but before the run's counters are updated, the run reports fewer committed
 videos than the catalog holds. ``install`` sets handlers for SIGINT and SIGTERM that raise at
 once, except inside ``deferred()``: there the signal is remembered and raised when the block
-ends, so a block that commits and counts runs whole or not at all.
+ends, so a block that commits and counts runs whole or not at all. A second signal ends the
+process at once.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -23,14 +25,22 @@ class Terminated(KeyboardInterrupt):
 
 _depth = 0
 _pending: KeyboardInterrupt | None = None
+_interrupted = False
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
-    global _pending
+    global _pending, _interrupted
+    if _interrupted:
+        # Unwinding a second time would break off the clean-up, and native threads then abort
+        # the process. Committed transactions are on disk already, as after `kill -9`.
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        os.write(2, f"indexer: second {name}: stopping at once; committed videos are kept, run the "
+                    "same command again to resume\n".encode())
+        os._exit(128 + signum)
+    _interrupted = True
     error = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
     if _depth > 0:
-        if _pending is None:
-            _pending = error
+        _pending = error
         return
     raise error
 
@@ -41,7 +51,7 @@ def install() -> Iterator[None]:
 
     Only the main thread can set signal handlers; elsewhere this does nothing.
     """
-    global _pending
+    global _pending, _interrupted
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -54,6 +64,7 @@ def install() -> Iterator[None]:
         for number, handler in previous.items():
             signal.signal(number, handler)
         _pending = None
+        _interrupted = False
 
 
 @contextmanager

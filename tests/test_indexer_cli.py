@@ -437,8 +437,8 @@ def test_signal_records_interrupted_run(tmp_path: Path, checkpoints: tuple[Path,
     assert process.returncode == exit_status, stderr
     committed = _indexed_count(index_dir / CATALOG_FILE)
     assert committed < len(files)
-    assert stderr.strip() == (f"indexer: interrupted by {name}: {plural(committed, 'video')} committed; run the same "
-                              f"command again to resume")
+    assert stderr.strip() == (f"indexer: interrupted by {name}: this run committed {plural(committed, 'video')}; "
+                              f"run the same command again to resume and to publish them for search")
     status = run_cli("status", "--index-dir", index_dir)
     assert "last run: interrupted," in status.stdout
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -220,3 +222,26 @@ def test_interrupt_during_a_commit_keeps_catalog_and_counters_equal(tmp_path: Pa
         committed = catalog.count_by_status().get("failed", 0)
     assert 6 <= committed < len(files)
     assert stats.failed == committed
+
+
+@pytest.mark.parametrize(("first", "second", "status"), [(signal.SIGINT, signal.SIGINT, 130),
+                                                         (signal.SIGINT, signal.SIGTERM, 143)])
+def test_second_signal_stops_at_once(first: int, second: int, status: int) -> None:
+    script = (
+        "import os, signal, time\n"
+        "from indexer import interrupts\n"
+        "with interrupts.install():\n"
+        "    try:\n"
+        f"        os.kill(os.getpid(), {int(first)})\n"
+        "        time.sleep(5)\n"
+        "    finally:\n"
+        "        print('cleaning up', flush=True)\n"
+        f"        os.kill(os.getpid(), {int(second)})\n"
+        "        time.sleep(5)\n"
+        "        print('clean-up finished', flush=True)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == status, result.stderr
+    assert result.stdout == "cleaning up\n"
+    assert "stopping at once; committed videos are kept" in result.stderr
