@@ -320,3 +320,31 @@ def test_synthetic_trail_shows_direction():
         along = np.mgrid[0 : frames.shape[1], 0 : frames.shape[2]]
         position = dx * along[1] + dy * along[0]  # coordinate along the direction of motion
         assert position[dimmed].mean() < position[full].mean(), "the trail must lie behind the object"
+
+
+@pytest.mark.parametrize(("pretrained", "expected"), [
+    ("not-a-checkpoint", "is a directory but not a PIG checkpoint"),
+    ("missing", "not found; pass an existing path, or no weights at all (pig-tiny has no pretrained tags)"),
+    ("demo-as-vit", "contains a pig-tiny backbone, not ViT-B-32"),
+])
+def test_fit_bad_pretrained_is_one_line(tmp_path, synth_dir, pretrained, expected):
+    model = {"model_name": "pig-tiny", "head": "pig", "num_frames": 8, "context_length": 24}
+    if pretrained == "not-a-checkpoint":
+        (tmp_path / pretrained).mkdir()
+        model["pretrained"] = str(tmp_path / pretrained)
+    elif pretrained == "missing":
+        model["pretrained"] = str(tmp_path / pretrained)
+    else:
+        model.update(model_name="ViT-B-32", pretrained=str(Path(__file__).resolve().parent.parent / "checkpoints" / "demo"))
+    config_path = tmp_path / "run.json"
+    config_path.write_text(json.dumps(make_config(synth_dir, tmp_path / "run", model=model)))
+
+    result = subprocess.run([sys.executable, "-m", "training.cli", "fit", "--config", str(config_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("pig-train fit: ")]
+    assert len(lines) == 1, result.stderr
+    assert f"invalid model.pretrained {model['pretrained']!r}" in lines[0]
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr
+    assert "ModuleNotFoundError" not in result.stderr, "faiss's loader messages must stay quiet"

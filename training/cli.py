@@ -141,7 +141,23 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(args.handler(args))
+    # faiss logs at INFO which of its builds it loads, including the failed imports before that.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+    from shared.device import DeviceUnavailableError
+    from shared.model.errors import ModelError
+    from training.config import ConfigError
+    from training.datasets.base import DatasetFormatError, MissingVideosError
+    from training.state import ResumeError
+
+    try:
+        return int(args.handler(args))
+    except (ConfigError, DatasetFormatError, MissingVideosError, ModelError, ResumeError,
+            DeviceUnavailableError) as error:
+        # The product's own errors carry the value and the fix; a traceback would bury them.
+        logging.getLogger(__name__).debug("%s failed", args.command, exc_info=True)
+        print(f"pig-train {args.command}: {error}", file=sys.stderr)
+        return 2 if isinstance(error, ConfigError) else 1
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 
 from shared.device import autocast, resolve_device, resolve_precision
 from shared.model import FrameFeatures, HeadOptions, PIGModel, TokenBatch, build_model, save_checkpoint
-from training.config import TrainConfig
+from shared.model.errors import BackboneUnavailableError, CheckpointError, UnknownModelError
+from training.config import ConfigError, TrainConfig
 from training.data import EpochSampler, FrameCache, TrainClips, collate_train, seed_worker
 from training.datasets import CaptionDataset
 from training.distributed import DistributedContext, barrier, gather_with_local_grad, init_distributed, shutdown
@@ -134,15 +135,20 @@ def enable_grad_checkpointing(model: nn.Module) -> int:
 
 def create_model(config: TrainConfig, device: torch.device) -> PIGModel:
     """Build the model from an open_clip name and an optional pretrained tag or weights file."""
-    model = build_model(
-        config.model.model_name,
-        pretrained=config.model.pretrained,
-        head=config.model.head,
-        num_frames=config.model.num_frames,
-        head_options=HeadOptions(num_selected_tokens=config.model.num_selected_tokens, dropout=config.model.dropout),
-        context_length=config.model.context_length,
-        precision=config.runtime.precision,
-    )
+    try:
+        model = build_model(
+            config.model.model_name,
+            pretrained=config.model.pretrained,
+            head=config.model.head,
+            num_frames=config.model.num_frames,
+            head_options=HeadOptions(num_selected_tokens=config.model.num_selected_tokens, dropout=config.model.dropout),
+            context_length=config.model.context_length,
+            precision=config.runtime.precision,
+        )
+    except (BackboneUnavailableError, CheckpointError) as error:
+        raise ConfigError(f"invalid model.pretrained {config.model.pretrained!r}: {error}") from error
+    except UnknownModelError as error:
+        raise ConfigError(f"invalid model section: {error}") from error
     if config.optim.logit_scale_init is not None:
         with torch.no_grad():
             model.logit_scale.fill_(math.log(config.optim.logit_scale_init))

@@ -96,13 +96,23 @@ def create_backbone(
                 f"cannot load weights file {weights_path} into {model_name}: {error}; "
                 "check that the file was saved for this architecture"
             ) from error
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    other_ways = (
+        f"or a pretrained tag of {model_name} such as {', '.join(repr(tag) for tag in tags[:3])}"
+        if tags
+        else f"or no weights at all ({model_name} has no pretrained tags)"
+    )
+    if weights_path.is_dir():
+        raise BackboneUnavailableError(
+            f"{pretrained} is a directory but not a PIG checkpoint (it needs config.json and "
+            f"model.safetensors); pass a checkpoint directory, an open_clip weights file, {other_ways}"
+        )
     if pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.sep in pretrained:
         raise BackboneUnavailableError(
-            f"weights file {pretrained} not found; pass an existing file, or a pretrained tag "
-            f"such as 'openai' for {model_name}"
+            f"weights file or checkpoint directory {pretrained} not found; pass an existing path, "
+            f"{other_ways}"
         )
 
-    tags = open_clip.list_pretrained_tags_by_model(model_name)
     if pretrained not in tags:
         listed = ", ".join(tags) if tags else "none"
         raise BackboneUnavailableError(
