@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "remove",
         help="drop the vectors of PATH (a file, or every file under a folder)",
         description="Mark PATH as removed in the catalog and publish a snapshot without its "
-        "vectors; the file itself is not touched.",
+        "vectors; the file itself is not touched, so a later ingest of a folder that still holds "
+        "it indexes it again.",
     )
     remove.add_argument("paths", nargs="+", metavar="PATH", help="video file or folder")
     _add_setting(remove, "index_dir")
