@@ -106,14 +106,16 @@ def discover(paths: Iterable[str | os.PathLike[str]], exclude: Iterable[str | os
     seen_files: set[str] = set()
     seen_dirs: set[tuple[int, int]] = set()
 
-    def consider(real_path: str) -> None:
+    def consider(found_path: str) -> None:
+        real_path = os.path.realpath(found_path)
         if real_path in seen_files:
             return
         seen_files.add(real_path)
         try:
             info = os.stat(real_path)
         except OSError as error:
-            logger.warning("cannot stat %s: %s", real_path, error)
+            # Name the path as found: for a broken link, its target means nothing to the user.
+            logger.warning("skipping %s: cannot read its file status: %s", found_path, error)
             return
         if not stat.S_ISREG(info.st_mode):
             result.ignored_files += 1
@@ -146,7 +148,7 @@ def discover(paths: Iterable[str | os.PathLike[str]], exclude: Iterable[str | os
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if not name.startswith("."):
-                    consider(os.path.realpath(os.path.join(directory, name)))
+                    consider(os.path.join(directory, name))
 
     result.files.sort(key=lambda f: f.path)
     return result

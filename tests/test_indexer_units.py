@@ -76,6 +76,16 @@ def test_discover_follows_no_loops(tmp_path: Path) -> None:
     assert result.hidden_skipped == 1
 
 
+def test_discover_names_broken_link(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_h264(tmp_path, "good.mp4")
+    os.symlink(tmp_path / "gone.mp4", tmp_path / "broken.mp4")
+    with caplog.at_level("WARNING", logger="indexer.discover"):
+        found = discover([tmp_path])
+    assert [Path(f.path).name for f in found.files] == ["good.mp4"]
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(f"skipping {tmp_path / 'broken.mp4'}: cannot read its file status" in m for m in messages), messages
+
+
 def test_discover_reports_missing_path(tmp_path: Path) -> None:
     result = discover([tmp_path / "absent"])
     assert result.missing == [str(tmp_path / "absent")]
