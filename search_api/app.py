@@ -20,8 +20,6 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError as SettingsSourceError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.video import VideoError
-
 from search_api.metrics import ServiceMetrics
 from search_api.middleware import (
     BodySizeLimitMiddleware,
@@ -33,7 +31,13 @@ from search_api.middleware import (
 from search_api.routes import health, search, videos
 from search_api.services.batcher import BatcherClosedError
 from search_api.services.links import LinkSigner
-from search_api.services.media import InvalidTimeError, VideoFileMissingError, VideoNotFoundError
+from search_api.services.media import (
+    InvalidTimeError,
+    ThumbnailDecodeError,
+    VideoFileMissingError,
+    VideoNotFoundError,
+    VideoNotIndexedError,
+)
 from search_api.services.search import RequestLimitError
 from search_api.settings import ApiSettings, describe_settings_error
 from search_api.state import start_services, stop_services
@@ -134,12 +138,25 @@ def _install_exception_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         log_client_error(request, 422, str(error))
         return JSONResponse({"detail": _validation_detail("t", str(error), "query")}, status_code=422)
 
-    @app.exception_handler(VideoError)
-    async def on_video_error(request: Request, error: VideoError) -> JSONResponse:
+    @app.exception_handler(VideoNotIndexedError)
+    async def on_not_indexed(request: Request, error: VideoNotIndexedError) -> JSONResponse:
+        # 409: the video exists in the catalog, but its status leaves no media to serve.
+        log_client_error(request, 409, str(error))
+        return JSONResponse({"detail": str(error)}, status_code=409)
+
+    @app.exception_handler(ThumbnailDecodeError)
+    async def on_decode_error(request: Request, error: ThumbnailDecodeError) -> JSONResponse:
         metrics.errors.labels(kind="decode").inc()
-        logger.error("request %s: decoding a thumbnail failed: %s", request_id_var.get(), error)
+        logger.error(
+            "request %s: decoding a thumbnail of indexed video %d at %s failed: %s",
+            request_id_var.get(),
+            error.video_id,
+            error.path,
+            error.error,
+        )
         return JSONResponse(
-            {"detail": f"could not decode a frame of this video: {error}"}, status_code=500
+            {"detail": f"could not decode a frame of video {error.video_id}: {error.error}"},
+            status_code=500,
         )
 
     @app.exception_handler(BatcherClosedError)

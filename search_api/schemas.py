@@ -84,7 +84,19 @@ class VideoDetail(BaseModel):
     duplicate_paths: list[str] = Field(
         description="Other paths of byte-identical files, indexed once under this video."
     )
-    status: str
+    status: str = Field(
+        description="indexed; failed (the file could not be decoded, see failure_reason); "
+        "duplicate (indexed once under video duplicate_of); or removed."
+    )
+    failure_kind: str | None = Field(
+        default=None, description="For status failed: the error kind, such as truncated."
+    )
+    failure_reason: str | None = Field(
+        default=None, description="For status failed: why the indexer could not decode the file."
+    )
+    duplicate_of: int | None = Field(
+        default=None, description="For status duplicate: id of the video with the same content."
+    )
     duration_s: float | None = None
     width: int | None = None
     height: int | None = None
@@ -92,8 +104,13 @@ class VideoDetail(BaseModel):
     codec: str | None = None
     size_bytes: int
     segments: list[SegmentInfo]
-    thumbnail_url: str
-    file_url: str
+    thumbnail_url: str | None = Field(
+        description="Link to a JPEG thumbnail; null when the video failed to index or was "
+        "removed, because it has no frame to show."
+    )
+    file_url: str | None = Field(
+        description="Link to the video file; null when the video failed to index or was removed."
+    )
 
 
 class Liveness(BaseModel):

@@ -12,6 +12,7 @@ from search_api.routes.dependencies import get_services, require_api_key
 from search_api.routes.search import public_base_url
 from search_api.schemas import SegmentInfo, VideoDetail
 from search_api.responses import MediaFileResponse
+from search_api.services.media import has_media
 from search_api.services.search import file_url, thumbnail_url
 from search_api.state import Services
 
@@ -29,11 +30,16 @@ async def get_video(
 ) -> VideoDetail:
     video, segments = await services.media.video(video_id)
     base = public_base_url(request, services)
+    # Failed and removed videos stay visible with their status, but have no media links.
+    servable = has_media(video)
     return VideoDetail(
         video_id=video.video_id,
         path=video.path,
         duplicate_paths=list(video.duplicate_paths),
         status=video.status,
+        failure_kind=video.failure_kind,
+        failure_reason=video.failure_reason,
+        duplicate_of=video.duplicate_of,
         duration_s=video.duration_s,
         width=video.width,
         height=video.height,
@@ -49,10 +55,12 @@ async def get_video(
             )
             for segment in segments
         ],
-        thumbnail_url=thumbnail_url(
-            services.links, base, video_id, segments[0] if segments else None
+        thumbnail_url=(
+            thumbnail_url(services.links, base, video_id, segments[0] if segments else None)
+            if servable
+            else None
         ),
-        file_url=file_url(services.links, base, video_id),
+        file_url=file_url(services.links, base, video_id) if servable else None,
     )
 
 
@@ -60,7 +68,10 @@ async def get_video(
     "/{video_id}/thumbnail",
     summary="A JPEG of the frame at a given second",
     response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}}}},
+    responses={
+        200: {"content": {"image/jpeg": {}}},
+        409: {"description": "The video failed to index or was removed; see the detail."},
+    },
 )
 async def get_thumbnail(
     video_id: VideoId,
@@ -80,6 +91,7 @@ async def get_thumbnail(
     "/{video_id}/file",
     summary="The video file, with HTTP range support for seeking",
     response_class=MediaFileResponse,
+    responses={409: {"description": "The video failed to index or was removed; see the detail."}},
 )
 @router.head("/{video_id}/file", include_in_schema=False, response_class=MediaFileResponse)
 async def get_file(

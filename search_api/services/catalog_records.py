@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.index_store import Catalog
+from shared.index_store import STATUS_INDEXED, Catalog
 from shared.index_store import SegmentRecord as StoredSegment
 from shared.index_store import VideoRecord as StoredVideo
 
@@ -45,6 +45,16 @@ class VideoRecord:
     size_bytes: int
     # Other files with byte-identical content, which the indexer recorded as duplicates.
     duplicate_paths: tuple[str, ...] = ()
+    # For status "duplicate": the id of the indexed video with the same content.
+    duplicate_of: int | None = None
+    # For status "failed": the indexer's error kind (such as "truncated") and one-line reason.
+    failure_kind: str | None = None
+    failure_reason: str | None = None
+
+    @property
+    def is_indexed(self) -> bool:
+        """True when the indexer decoded the video and stored its segments."""
+        return self.status == STATUS_INDEXED
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -66,6 +76,9 @@ class VideoRecord:
             codec=row.probe.codec,
             size_bytes=int(row.size),
             duplicate_paths=tuple(row.duplicate_paths),
+            duplicate_of=None if row.duplicate_of is None else int(row.duplicate_of),
+            failure_kind=row.failure_kind,
+            failure_reason=row.failure_reason,
         )
 
 

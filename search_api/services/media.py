@@ -11,7 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from shared.video import decode_frames
+from shared.index_store import STATUS_DUPLICATE, STATUS_FAILED, STATUS_REMOVED
+from shared.video import VideoError, decode_frames
 
 from search_api.services.catalog_records import SegmentRecord, VideoRecord
 from search_api.services.index import IndexService
@@ -39,8 +40,66 @@ class VideoFileMissingError(FileNotFoundError):
         self.path = path
 
 
+class VideoNotIndexedError(Exception):
+    """Raised when a catalogued video has no media to serve because it is not indexed.
+
+    The catalog keeps files that failed to index and files removed with `indexer remove`,
+    so their metadata stays visible, but they have no decodable frames to serve.
+    """
+
+    def __init__(self, video: VideoRecord, original_status: str | None = None) -> None:
+        super().__init__(_describe_not_indexed(video, original_status))
+        self.video_id = video.video_id
+        self.status = video.status
+        self.path = video.path
+
+
+def _describe_not_indexed(video: VideoRecord, original_status: str | None) -> str:
+    prefix = f"video {video.video_id} ({video.path})"
+    if video.status == STATUS_FAILED:
+        reason = video.failure_reason or "no reason recorded"
+        kind = f"{video.failure_kind}: " if video.failure_kind else ""
+        return (
+            f"{prefix} failed to index ({kind}{reason}), so it has no thumbnail or file to "
+            f"serve; repair or replace the file and re-run `indexer ingest` on it"
+        )
+    if video.status == STATUS_REMOVED:
+        return (
+            f"{prefix} was removed from the index, so it has no thumbnail or file to serve; "
+            f"re-run `indexer ingest` on the file to index it again"
+        )
+    if video.status == STATUS_DUPLICATE:
+        return (
+            f"{prefix} is a duplicate of video {video.duplicate_of}, which is "
+            f"{original_status or 'not in the catalog'} instead of indexed; re-run "
+            f"`indexer ingest` on both files"
+        )
+    return (
+        f"{prefix} has status {video.status!r} instead of indexed; re-run `indexer ingest` "
+        f"on the file"
+    )
+
+
+class ThumbnailDecodeError(RuntimeError):
+    """Raised when no frame of an indexed video can be decoded for a thumbnail."""
+
+    def __init__(self, video_id: int, path: Path, error: VideoError) -> None:
+        super().__init__(f"decoding a frame of video {video_id} at {path} failed: {error}")
+        self.video_id = video_id
+        self.path = path
+        self.error = error
+
+
 class InvalidTimeError(ValueError):
     """Raised when a thumbnail time lies outside the video."""
+
+
+def has_media(video: VideoRecord) -> bool:
+    """Return whether the media endpoints serve this video's thumbnail and file.
+
+    A duplicate is served from its own file, which is byte-identical to the indexed video's.
+    """
+    return video.is_indexed or video.status == STATUS_DUPLICATE
 
 
 class MediaService:
@@ -77,19 +136,48 @@ class MediaService:
         return video, segments
 
     async def file_path(self, video_id: int) -> tuple[VideoRecord, Path]:
-        """Return the catalogued file of a video, checked to exist on disk."""
+        """Return the catalogued file of a video, checked to exist on disk.
+
+        Raises VideoNotIndexedError for a video that failed to index or was removed.
+        """
         video, _ = await self.video(video_id)
+        if not has_media(video):
+            raise VideoNotIndexedError(video)
         path = Path(video.path)
         if not path.is_file():
             raise VideoFileMissingError(video_id, video.path)
         return video, path
 
+    async def _timing_source(
+        self, video: VideoRecord, segments: list[SegmentRecord]
+    ) -> tuple[VideoRecord, list[SegmentRecord]]:
+        """Return the indexed record whose duration and segments place a thumbnail of ``video``.
+
+        A duplicate has no segments or probe of its own, so its original's are used.
+        """
+        if video.is_indexed:
+            return video, segments
+        if video.status != STATUS_DUPLICATE or video.duplicate_of is None:
+            raise VideoNotIndexedError(video)
+        try:
+            original, original_segments = await self.video(video.duplicate_of)
+        except VideoNotFoundError:
+            raise VideoNotIndexedError(video) from None
+        if not original.is_indexed:
+            raise VideoNotIndexedError(video, original.status)
+        return original, original_segments
+
     async def thumbnail(self, video_id: int, time_s: float | None) -> bytes:
-        """Return a JPEG of the frame at ``time_s``, by default the middle of the first segment."""
-        video, segments = await self.video(video_id)
-        path = Path(video.path)
+        """Return a JPEG of the frame at ``time_s``, by default the middle of the first segment.
+
+        Raises VideoNotIndexedError for a video that failed to index or was removed, and
+        ThumbnailDecodeError when the file of an indexed video cannot be decoded.
+        """
+        requested, requested_segments = await self.video(video_id)
+        video, segments = await self._timing_source(requested, requested_segments)
+        path = Path(requested.path)
         if not path.is_file():
-            raise VideoFileMissingError(video_id, video.path)
+            raise VideoFileMissingError(video_id, requested.path)
 
         if time_s is None:
             if segments:
@@ -108,7 +196,10 @@ class MediaService:
             )
 
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._encode_jpeg, path, time_s)
+        try:
+            return await loop.run_in_executor(self.executor, self._encode_jpeg, path, time_s)
+        except VideoError as error:
+            raise ThumbnailDecodeError(video_id, path, error) from error
 
     def _encode_jpeg(self, path: Path, time_s: float) -> bytes:
         frames = decode_frames(path, [time_s], self.thumbnail_size)  # [1, S, S, 3] uint8
