@@ -40,7 +40,7 @@ from search_api.services.media import (
 )
 from search_api.services.search import RequestLimitError
 from search_api.settings import ApiSettings, describe_settings_error
-from search_api.state import start_services, stop_services
+from search_api.state import StartupError, start_services, stop_services
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = app.state.settings
     _configure_logging(settings)
     app.state.links = LinkSigner(settings.api_key, settings.link_lifetime_s)
-    services = await start_services(settings, app.state.metrics, app.state.links)
+    try:
+        services = await start_services(settings, app.state.metrics, app.state.links)
+    except StartupError as error:
+        # Both launchers print this one line and exit non-zero (uvicorn exits with 3).
+        app.state.startup_error = str(error)
+        raise
     app.state.services = services
     try:
         yield

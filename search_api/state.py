@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from shared.model import load_checkpoint, model_fingerprint
+from shared.device import DeviceUnavailableError
+from shared.index_store import IndexStoreError
+from shared.model import ModelError, load_checkpoint, model_fingerprint
 
 from search_api.metrics import ServiceMetrics
 from search_api.services.encoder import QueryEncoder, ServedModel
 from search_api.services.links import LinkSigner
-from search_api.services.index import IndexService
+from search_api.services.index import IndexModelMismatchError, IndexService
 from search_api.services.media import MediaService
 from search_api.services.search import SearchService
 from search_api.settings import ApiSettings
@@ -21,6 +23,63 @@ from search_api.settings import ApiSettings
 logger = logging.getLogger(__name__)
 
 WARM_UP_QUERY = "a person walking a dog in a park"
+
+
+class StartupError(RuntimeError):
+    """Raised when the model or the index cannot be loaded for a reason the user can fix.
+
+    The message is one line that names the setting, the value and the fix, so the
+    launchers print it instead of a traceback.
+    """
+
+
+def describe_model_mismatch(settings: ApiSettings, error: IndexModelMismatchError) -> str:
+    """Return the start-up message for an index built with another model than the loaded one."""
+    if error.index_fingerprint is None or error.served_fingerprint is None:
+        return str(error)
+    built_with = (
+        f"index {settings.index_dir} was built with model {error.index_fingerprint}"
+    )
+    if settings.checkpoint is not None:
+        return (
+            f"{built_with}, but --checkpoint (PIG_CHECKPOINT) {settings.model_dir} contains "
+            f"model {error.served_fingerprint}; leave --checkpoint and PIG_CHECKPOINT unset to "
+            f"load the model copy stored in {settings.index_dir / 'model'}, or pass the "
+            f"checkpoint of model {error.index_fingerprint}"
+        )
+    return (
+        f"{built_with}, but its model copy in {settings.model_dir} is model "
+        f"{error.served_fingerprint}; re-run `indexer ingest` on the index to rewrite the "
+        f"copy, or set --checkpoint (PIG_CHECKPOINT) to the checkpoint of model "
+        f"{error.index_fingerprint}"
+    )
+
+
+def _describe_model_error(settings: ApiSettings, error: Exception) -> str:
+    if isinstance(error, DeviceUnavailableError):
+        return f"cannot load the text model on --device (PIG_DEVICE) {settings.device}: {error}"
+    if settings.checkpoint is None:
+        fix = (
+            "re-run `indexer ingest` on the index to rewrite the model copy, or set "
+            "--checkpoint (PIG_CHECKPOINT) to the checkpoint the index was built with"
+        )
+    else:
+        fix = "set --checkpoint (PIG_CHECKPOINT) to a directory written by save_checkpoint"
+    return f"cannot load the text model from {settings.model_dir}: {error}; {fix}"
+
+
+def _check_cuda_index(settings: ApiSettings) -> None:
+    # A missing cuda:N is checked here so that its message names the setting and the fix.
+    # NOTE: no test covers this branch, because the test hosts have at most one GPU.
+    if not settings.device.startswith("cuda:") or not torch.cuda.is_available():
+        return
+    count = torch.cuda.device_count()
+    if int(settings.device[5:]) >= count:
+        raise StartupError(
+            f"invalid --device (PIG_DEVICE) {settings.device}: this host has {count} CUDA "
+            f"device(s), numbered from cuda:0 to cuda:{count - 1}; pick one of them, or use "
+            f"cuda or auto"
+        )
 
 
 @dataclass
@@ -78,9 +137,17 @@ async def start_services(
 
     # The first model is loaded on the encoding thread; a model swapped in after a rebuild
     # is loaded on the reload thread, so queries keep running meanwhile.
+    _check_cuda_index(settings)
     encode_executor = QueryEncoder.create_executor(settings.torch_threads)
     loop = asyncio.get_running_loop()
-    served = await loop.run_in_executor(encode_executor, load_served_model, settings)
+    try:
+        served = await loop.run_in_executor(encode_executor, load_served_model, settings)
+    except (ModelError, DeviceUnavailableError) as error:
+        encode_executor.shutdown(wait=False)
+        raise StartupError(_describe_model_error(settings, error)) from error
+    except BaseException:
+        encode_executor.shutdown(wait=False)
+        raise
 
     encoder = QueryEncoder(
         executor=encode_executor,
@@ -120,6 +187,16 @@ async def start_services(
         search.start()
         # Readiness means a real query went through the encoder, not only that weights loaded.
         await encoder.encode(WARM_UP_QUERY, index.view.model)
+    except IndexModelMismatchError as error:
+        await stop_services(services)
+        raise StartupError(describe_model_mismatch(settings, error)) from error
+    except IndexStoreError as error:
+        await stop_services(services)
+        raise StartupError(
+            f"cannot load index {settings.index_dir}: {error}; check it with `indexer verify "
+            f"--index-dir {settings.index_dir}`, then re-run `indexer ingest` to publish a "
+            f"new snapshot"
+        ) from error
     except BaseException:
         await stop_services(services)
         raise

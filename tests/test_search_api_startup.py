@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -9,10 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
+import uvicorn
 from pydantic import ValidationError
 
+from search_api.app import create_app
 from search_api.settings import ApiSettings
-from shared.index_store import CURRENT_FILE, SNAPSHOTS_DIR
+from shared.index_store import CATALOG_FILE, CURRENT_FILE, MODEL_DIR, SNAPSHOTS_DIR, Catalog
+from shared.model import load_checkpoint, model_fingerprint
 
 from test_search_api_support import (
     build_index,
@@ -241,3 +247,96 @@ def test_uvicorn_settings_error_has_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     assert f"invalid PIG_INDEX_DIR '{tmp_path / 'absent'}'" in result.stderr
     assert "PIG_CORS_ORIGINS" not in result.stderr
+
+
+def checkpoint_fingerprint(checkpoint: Path) -> str:
+    return model_fingerprint(load_checkpoint(checkpoint, device="cpu"))
+
+
+@pytest.mark.parametrize("launcher", ["search-api", "uvicorn"])
+def test_checkpoint_mismatch_is_one_line(small_index, checkpoints, launcher):
+    other = checkpoints[1]
+    with Catalog(small_index / CATALOG_FILE, read_only=True) as catalog:
+        index_fingerprint = catalog.model_fingerprint()
+    other_fingerprint = checkpoint_fingerprint(other)
+    assert index_fingerprint != other_fingerprint
+
+    env = environment_without_pig()
+    port = str(free_port())
+    if launcher == "search-api":
+        command = [str(VENV_BIN / "search-api"), "--index-dir", str(small_index),
+                   "--checkpoint", str(other), "--device", "cpu", "--port", port]
+    else:
+        env.update(PIG_INDEX_DIR=str(small_index), PIG_CHECKPOINT=str(other), PIG_DEVICE="cpu")
+        command = [str(VENV_BIN / "uvicorn"), "search_api.app:app", "--port", port]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if index_fingerprint in line]
+    assert len(lines) == 1, result.stderr
+    assert other_fingerprint in lines[0]
+    assert "--checkpoint" in lines[0]
+    assert "PIG_CHECKPOINT" in lines[0]
+    assert str(small_index / "model") in lines[0]
+
+
+def break_current_pointer(index_dir: Path) -> str:
+    (index_dir / CURRENT_FILE).write_text("20000101T000000Z-missing\n")
+    return "20000101T000000Z-missing"
+
+
+def tear_only_snapshot(index_dir: Path) -> str:
+    current = (index_dir / CURRENT_FILE).read_text().strip()
+    index_file = index_dir / SNAPSHOTS_DIR / current / "index.faiss"
+    index_file.write_bytes(index_file.read_bytes()[:100])
+    return "truncated or torn"
+
+
+def garble_model_weights(index_dir: Path) -> str:
+    (index_dir / MODEL_DIR / "model.safetensors").write_bytes(b"\xff" * 64)
+    return "model.safetensors"
+
+
+def garble_model_config(index_dir: Path) -> str:
+    (index_dir / MODEL_DIR / "config.json").write_text("{not json")
+    return "config.json is not valid JSON"
+
+
+def request_cuda(index_dir: Path) -> str:
+    if torch.cuda.is_available():
+        pytest.skip("this host has a CUDA device")
+    return "no CUDA device is visible"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [break_current_pointer, tear_only_snapshot, garble_model_weights, garble_model_config,
+     request_cuda],
+)
+def test_startup_failure_is_one_line(small_index, tmp_path, caplog, damage):
+    index_dir = tmp_path / "index"
+    shutil.copytree(small_index, index_dir)
+    expected = damage(index_dir)
+    device = "cuda" if damage is request_cuda else "cpu"
+    settings = ApiSettings(index_dir=index_dir, device=device, torch_threads=1)
+    # log_config=None lets uvicorn's records reach caplog, as under `search-api`.
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, lifespan="on",
+                            log_config=None)
+    server = uvicorn.Server(config)
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exit_info:
+        server.run()
+
+    assert exit_info.value.code != 0
+    assert not server.started
+    assert "Traceback" not in caplog.text
+    failures = [record.getMessage() for record in caplog.records
+                if record.name == "uvicorn.error" and record.levelno >= logging.ERROR]
+    assert failures[-1] == "Application startup failed. Exiting.", failures
+    message = failures[0]
+    assert expected in message
+    if damage is request_cuda:
+        assert "--device (PIG_DEVICE) cuda" in message
+    else:
+        assert str(index_dir) in message
+    assert "\n" not in message

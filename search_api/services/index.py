@@ -30,6 +30,16 @@ ResultT = TypeVar("ResultT")
 class IndexModelMismatchError(RuntimeError):
     """Raised when the index was built with another model than the one the service loaded."""
 
+    def __init__(
+        self,
+        message: str,
+        index_fingerprint: str | None = None,
+        served_fingerprint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.index_fingerprint = index_fingerprint
+        self.served_fingerprint = served_fingerprint
+
 
 @dataclass(frozen=True)
 class IndexView:
@@ -115,8 +125,11 @@ class IndexService:
         if catalog_fingerprint is not None and catalog_fingerprint != self.model_fingerprint:
             raise IndexModelMismatchError(
                 f"index {self.index_dir} was built with model {catalog_fingerprint} but the "
-                f"service loaded model {self.model_fingerprint}; leave PIG_CHECKPOINT unset "
-                f"to load the model copy stored in {self.index_dir / 'model'}"
+                f"service loaded model {self.model_fingerprint}; leave --checkpoint and "
+                f"PIG_CHECKPOINT unset to load the model copy stored in "
+                f"{self.index_dir / MODEL_DIR}",
+                index_fingerprint=catalog_fingerprint,
+                served_fingerprint=self.model_fingerprint,
             )
 
         snapshot_id = read_current_snapshot_id(self.index_dir)
