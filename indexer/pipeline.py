@@ -7,9 +7,11 @@ any moment leaves each video either fully indexed or untouched, and the next run
 rest. Snapshots are rebuilt from the catalog, so they always match it once published.
 
 ``--rebuild`` re-encodes everything in place: the new model's rows go to the catalog's next
-generation while the old snapshot, its rows and ``INDEX_DIR/model`` keep serving. No snapshot
-is published until every file has been written again. Then one commit drops the old rows, the
-staged model copy replaces ``INDEX_DIR/model`` and ``CURRENT`` moves to the new snapshot.
+generation while the old snapshot, its rows and ``INDEX_DIR/model`` keep serving. The new
+model's copy is staged in ``INDEX_DIR/model.rebuild`` when the rebuild starts. No snapshot is
+published until every file has been written again. Then one commit makes the new rows live and
+retires the old ones, the staged model copy replaces ``INDEX_DIR/model`` and ``CURRENT`` moves
+to the new snapshot. The retired rows are deleted when the next writer opens the catalog.
 """
 
 from __future__ import annotations
@@ -199,8 +201,11 @@ def check_model(catalog: Catalog, model: Any, fingerprint: str, index_dir: Path,
     stored = catalog.model_fingerprint()
     pending = catalog.rebuild_state()
     if pending is not None and not rebuild:
-        raise RebuildInProgressError(stored, pending.fingerprint, fingerprint, str(index_dir))
+        staged = index_dir / REBUILD_MODEL_DIR
+        staged_copy = str(staged) if _copy_fingerprint(staged) == pending.fingerprint else None
+        raise RebuildInProgressError(stored, pending.fingerprint, fingerprint, str(index_dir), staged_copy)
     if pending is not None and pending.fingerprint == fingerprint:
+        stage_rebuild_model(model, fingerprint, index_dir)
         logger.warning(
             "resuming the rebuild of %s to model %s: %d videos already written, the old model %s "
             "is served until it finishes", index_dir, fingerprint, pending.videos_done, stored,
@@ -215,8 +220,10 @@ def check_model(catalog: Catalog, model: Any, fingerprint: str, index_dir: Path,
         # finish_model_swap) and the move of CURRENT are missing, and this run publishes.
         logger.warning("completing the rebuild of %s to model %s: publishing its snapshot", index_dir, fingerprint)
         return False
+    # The model copy is staged before the rebuild is recorded, so that an unfinished rebuild
+    # can always be resumed with `--checkpoint INDEX_DIR/model.rebuild`.
+    stage_rebuild_model(model, fingerprint, index_dir)
     generation = catalog.start_rebuild(fingerprint, model.config.to_dict(), int(model.config.embed_dim))
-    shutil.rmtree(index_dir / REBUILD_MODEL_DIR, ignore_errors=True)
     logger.warning(
         "rebuilding %s with model %s (generation %d): the vectors of model %s are served until "
         "the rebuild publishes its snapshot", index_dir, fingerprint, generation, stored,
@@ -683,7 +690,8 @@ def _finish_rebuild(catalog: Catalog, settings: IndexerSettings, stats: RunStats
     """Publish the rebuild's one snapshot, swapping catalog rows and model copy with it.
 
     The snapshot is built first, while readers still serve the old one. Then one commit
-    deletes the old generation and records the snapshot, the staged model copy replaces
+    makes the new generation live, retires the old one and records the snapshot. The old rows
+    stay, so the ids of the old snapshot still resolve. The staged model copy replaces
     ``INDEX_DIR/model`` and ``CURRENT`` moves. After a run killed before the commit, the next
     ``--rebuild`` run resumes the rebuild. After one killed later, the next ingest completes
     it (``finish_model_swap`` and ``_current_snapshot_is_stale``).
@@ -691,17 +699,18 @@ def _finish_rebuild(catalog: Catalog, settings: IndexerSettings, stats: RunStats
     index_dir = settings.index_dir
     with stats.timed("snapshot"):
         manifest = write_snapshot(index_dir, catalog, policy_from(settings), rebuild=True)
-        # NOTE: from this commit until a running service reloads the new snapshot (its reload
-        # interval plus the model load), hits of the old snapshot no longer resolve.
+        # A running service serves the old snapshot until it reloads (its reload interval plus
+        # the model load), so the old rows are only retired here. The next writer deletes them.
+        # NOTE: a writer started before that reload leaves the old snapshot's hits unresolved.
         with deferred():
-            dropped = catalog.finish_rebuild(manifest.snapshot_id, manifest.vector_count, manifest.index_type)
+            retired = catalog.finish_rebuild(manifest.snapshot_id, manifest.vector_count, manifest.index_type)
             _replace_directory(index_dir / REBUILD_MODEL_DIR, index_dir / MODEL_DIR)
             point_current(index_dir, manifest.snapshot_id)
         collect_garbage(index_dir, catalog, keep=settings.keep_snapshots)
     logger.info(
-        "rebuild of %s finished: published snapshot %s (%d vectors) of model %s; dropped %d "
-        "videos that were not found again",
-        index_dir, manifest.snapshot_id, manifest.vector_count, manifest.model_fingerprint, dropped,
+        "rebuild of %s finished: published snapshot %s (%d vectors) of model %s; retired %d "
+        "videos that were not found again (the next writer deletes them)",
+        index_dir, manifest.snapshot_id, manifest.vector_count, manifest.model_fingerprint, retired,
     )
     stats.snapshot_id = manifest.snapshot_id
     stats.vector_count = manifest.vector_count

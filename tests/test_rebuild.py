@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -215,21 +216,43 @@ def test_rebuild_serves_old_snapshot_until_done(
         assert read_current_snapshot_id(index_dir) == old_snapshot
         assert copy_fingerprint(index_dir) == fingerprints[0]
 
-        # The same command again encodes only the videos the killed run did not commit.
-        resumed = ingest(index_dir, checkpoints[1], clips[0].parent, "--rebuild")
-        assert resumed.returncode == 0, resumed.stderr
-        assert f"indexed {plural(CLIP_COUNT - killed_at, 'video')} (" in resumed.stdout
+        # The same command again encodes only the videos the killed run did not commit. A
+        # second client searches from before the rebuild until the service has reloaded.
+        swap_answers: list[dict] = []
+        swap_done = threading.Event()
 
-        wait_for(lambda: client.get("/readyz").json()["model_fingerprint"] == fingerprints[1])
+        def query_through_swap() -> None:
+            with server.client() as swap_client:
+                while not swap_done.is_set():
+                    swap_answers.append(search_everything(swap_client))
+
+        searcher = threading.Thread(target=query_through_swap)
+        searcher.start()
+        try:
+            resumed = ingest(index_dir, checkpoints[1], clips[0].parent, "--rebuild")
+            assert resumed.returncode == 0, resumed.stderr
+            assert f"indexed {plural(CLIP_COUNT - killed_at, 'video')} (" in resumed.stdout
+            wait_for(lambda: client.get("/readyz").json()["model_fingerprint"] == fingerprints[1])
+        finally:
+            swap_done.set()
+            searcher.join(timeout=60)
         ready = client.get("/readyz")
         body = search_everything(client)
+
+    # Through the final commit and the reload: the old videos, then the new ones, never none.
+    served_models = [answer["index"]["model_fingerprint"] for answer in swap_answers]
+    assert served_models[0] == fingerprints[0]
+    assert served_models == sorted(served_models, key=lambda f: f == fingerprints[1])
+    for answer in swap_answers:
+        assert result_paths(answer) == expected, f"a search of {answer['index']} returned other videos"
     assert ready.status_code == 200
     assert body["index"]["model_fingerprint"] == fingerprints[1]
     assert body["index"]["snapshot_id"] == read_current_snapshot_id(index_dir)
     assert result_paths(body) == expected
     assert body["total_videos"] == CLIP_COUNT
 
-    # Every video is indexed exactly once, by the new model, and the old rows are gone.
+    # Every video is indexed exactly once, by the new model. The old rows stay retired, out of
+    # every count, until the next writer run deletes them.
     snapshot = load_snapshot(index_dir)
     snapshot_ids = set(faiss.vector_to_array(snapshot.index.id_map).tolist())
     with Catalog(index_dir / CATALOG_FILE) as catalog:
@@ -241,7 +264,7 @@ def test_rebuild_serves_old_snapshot_until_done(
         assert snapshot.vector_count == catalog.count_segments() == CLIP_COUNT
         assert snapshot_ids == set(catalog.segment_ids().tolist())
     assert snapshot_ids.isdisjoint(old_ids)
-    assert all_rows(index_dir)[:2] == (CLIP_COUNT, CLIP_COUNT)
+    assert all_rows(index_dir)[:2] == (CLIP_COUNT, 2 * CLIP_COUNT)
     assert snapshot.model_fingerprint == fingerprints[1]
     assert copy_fingerprint(index_dir) == fingerprints[1]
     verify = run_cli("verify", "--index-dir", index_dir)
@@ -260,6 +283,7 @@ def test_rebuild_serves_old_snapshot_until_done(
     assert load_snapshot(index_dir).model_fingerprint == fingerprints[1]
     assert copy_fingerprint(index_dir) == fingerprints[1]
     assert not (index_dir / REBUILD_MODEL_DIR).exists()
+    assert all_rows(index_dir)[:2] == (CLIP_COUNT, CLIP_COUNT)
     assert run_cli("verify", "--index-dir", index_dir).returncode == 0
 
 
@@ -281,9 +305,10 @@ def test_plain_ingest_during_rebuild_fails(
         assert "rebuild unfinished" in result.stderr
         assert fingerprints[0] in result.stderr
         assert fingerprints[1] in result.stderr
-        assert "--rebuild" in result.stderr
+        assert f"`--rebuild --checkpoint {index_dir / REBUILD_MODEL_DIR}`" in result.stderr
     assert "resume" in with_new_model.stderr
-    assert f"to model {fingerprints[1]} is in progress" in with_old_model.stderr
+    assert f"to model {fingerprints[1]} is unfinished" in with_old_model.stderr
+    assert "new random weights" in with_old_model.stderr
     assert all_rows(index_dir) == rows_before
     assert read_current_snapshot_id(index_dir) == current_before
     assert copy_fingerprint(index_dir) == fingerprints[0]
@@ -359,10 +384,26 @@ def test_catalog_rebuild_keeps_live_rows(tmp_path: Path) -> None:
     assert catalog.model_fingerprint() == "new-model"
     assert catalog.embed_dim() == 4
     assert set(catalog.segment_ids().tolist()) == set(new_ids.tolist())
-    assert catalog.get_video(dropped) is None
     assert catalog.snapshot_vector_count("snapshot-1") == 2
     assert catalog.indexed_videos_without_segments() == []
+
+    # The old rows are retired: the old snapshot's ids still resolve, and nothing else sees them.
+    assert set(catalog.segments_for_vector_ids(old_ids)) == old_ids
+    assert catalog.get_video(dropped).path == "/videos/dropped.mp4"
+    assert catalog.get_video_by_path("/videos/dropped.mp4") is None
+    assert [video.id for video in catalog.list_videos()] == [kept]
+    assert catalog.count_by_status() == {"indexed": 1}
+    assert catalog.count_indexed_videos() == 1
+    assert catalog.count_segments() == 2
+    assert catalog.find_indexed_by_hash("hash-dropped") is None
     catalog.close()
+
+    # The next writer deletes them.
+    with Catalog(tmp_path / CATALOG_FILE, read_only=False) as writer:
+        assert writer.segments_for_vector_ids(old_ids) == {}
+        assert writer.get_video(dropped) is None
+        assert writer.get_video(kept) is not None
+        assert writer.count_segments() == 2
 
 
 def test_catalog_rebuild_restarts_for_other_model(tmp_path: Path) -> None:
@@ -377,6 +418,47 @@ def test_catalog_rebuild_restarts_for_other_model(tmp_path: Path) -> None:
     assert catalog.rebuild_state().videos_done == 0
     assert list(catalog.iter_vectors(rebuild=True)) == []
     assert catalog.count_segments() == 1
+    catalog.close()
+
+
+def test_catalog_discarded_rebuild_consistent(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / CATALOG_FILE, read_only=False)
+    catalog.set_model("old-model", {}, 8)
+    kept = write_video(catalog, "/videos/kept.mp4", "hash-kept", unit_vectors(1, 8, 0))
+    live_ids = set(catalog.segment_ids().tolist())
+    catalog.start_rebuild("model-a", {}, 4)
+    write_video(catalog, "/videos/kept.mp4", "hash-kept", unit_vectors(1, 4, 1))
+    new = write_video(catalog, "/videos/new.mp4", "hash-new", unit_vectors(1, 4, 2))
+    with catalog.transaction():
+        catalog.write_duplicate("/videos/copy.mp4", 100, 1, "hash-new", new)
+
+    # Model B discards A's rebuild: A's rows go back to the live state, so B encodes them again.
+    second = catalog.start_rebuild("model-b", {}, 6)
+    assert catalog.indexed_videos_without_segments() == []
+    video = catalog.get_video(kept)
+    assert (video.generation, video.status) == (catalog.live_generation(), "indexed")
+    assert video.generation != second
+    assert catalog.get_video(new) is None
+    assert catalog.get_video_by_path("/videos/copy.mp4") is None
+    assert catalog.rebuild_state().videos_done == 0
+    assert set(catalog.segment_ids().tolist()) == live_ids
+    assert catalog.count_indexed_videos() == 1
+    assert catalog.count_by_status() == {"indexed": 1}
+    catalog.close()
+
+
+def test_catalog_rebuild_count_skips_removed(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / CATALOG_FILE, read_only=False)
+    catalog.set_model("old-model", {}, 8)
+    write_video(catalog, "/videos/a.mp4", "hash-a", unit_vectors(1, 8, 0))
+    write_video(catalog, "/videos/b.mp4", "hash-b", unit_vectors(1, 8, 1))
+    catalog.start_rebuild("model-b", {}, 4)
+    write_video(catalog, "/videos/a.mp4", "hash-a", unit_vectors(1, 4, 2))
+    write_video(catalog, "/videos/b.mp4", "hash-b", unit_vectors(1, 4, 3))
+
+    with catalog.transaction():
+        assert catalog.mark_removed("/videos/a.mp4")
+    assert catalog.rebuild_state().videos_done == 1
     catalog.close()
 
 

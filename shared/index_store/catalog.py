@@ -13,7 +13,10 @@ Generations: every video and segment row carries the generation that wrote it. S
 counts and segment listings see only the live generation (meta ``generation``). An in-place
 rebuild (``start_rebuild``) writes the new model's rows under the next generation and leaves
 the live rows in place, so a reader keeps serving the old snapshot completely.
-``finish_rebuild`` then deletes the old rows and makes the new generation live in one commit.
+``finish_rebuild`` then makes the new generation live in one commit. The rows of older
+generations stay until the next writer opens the catalog (``delete_retired_rows``), because a
+running service resolves the ids of the old snapshot until it loads the new one. Only
+``get_video`` and ``segments_for_vector_ids``, the service's lookups of FAISS ids, see them.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ _REBUILD_KEYS = ("rebuild_generation", "rebuild_fingerprint", "rebuild_model_con
 
 # The live generation as an SQL expression, read in the same statement as the rows it filters.
 _LIVE_GENERATION = "(SELECT COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), 0))"
+
+# Video rows that listings and counts see: the live generation and an unfinished rebuild's.
+# Rows of older generations are retired, kept only for the ids of an old snapshot.
+_VISIBLE_VIDEO = f"generation >= {_LIVE_GENERATION}"
 
 # Video statuses stored in videos.status.
 STATUS_INDEXED = "indexed"
@@ -182,7 +189,7 @@ class RebuildState:
     fingerprint: str  # fingerprint of the model it re-encodes with
     model_config: dict[str, Any]  # that model's config
     embed_dim: int  # that model's vector width D
-    videos_done: int  # video rows already written by the rebuild (any status)
+    videos_done: int  # video rows already written by the rebuild and not removed since
 
 
 @dataclass(frozen=True)
@@ -201,6 +208,8 @@ class Catalog:
     ``Catalog(path, read_only=True)`` opens an existing catalog for reading; each thread gets its
     own connection, so one instance can be shared by the threads of a server. A writable catalog
     (``read_only=False``) creates the file and schema if needed and must be used from one thread.
+    Opening it deletes the retired rows of a finished rebuild, so open it only as the writer
+    holding the index directory's ``WriterLock``.
     """
 
     def __init__(self, path: str | Path, read_only: bool = True) -> None:
@@ -222,6 +231,7 @@ class Catalog:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.executescript(_SCHEMA)
             self._migrate(connection)
+            self.delete_retired_rows()
 
     # Connections
 
@@ -326,6 +336,13 @@ class Catalog:
         prefix = f"{alias}." if alias else ""
         return f"{prefix}generation = {_LIVE_GENERATION}"
 
+    def _visible(self, alias: str = "") -> str:
+        """Return an SQL condition that drops video rows retired by a finished rebuild."""
+        if not self._has_generations():
+            return "1 = 1"
+        prefix = f"{alias}." if alias else ""
+        return f"{prefix}{_VISIBLE_VIDEO}"
+
     def _require_writable(self) -> sqlite3.Connection:
         if self.read_only:
             raise CatalogError(f"catalog {self.path} is open read-only; open it with read_only=False")
@@ -370,8 +387,10 @@ class Catalog:
         if values["rebuild_generation"] is None:
             return None
         generation = int(values["rebuild_generation"])
+        # A video that `indexer remove` removed after the rebuild wrote it is not counted.
         row = self._connection().execute(
-            "SELECT COUNT(*) AS n FROM videos WHERE generation = ?", (generation,)
+            "SELECT COUNT(*) AS n FROM videos WHERE generation = ? AND status != ?",
+            (generation, STATUS_REMOVED),
         ).fetchone()
         return RebuildState(
             generation=generation,
@@ -411,22 +430,25 @@ class Catalog:
         return int(row["n"])
 
     def indexed_videos_without_segments(self) -> list[str]:
-        """Return the paths of indexed videos that have no segment of their own generation."""
+        """Return the paths of indexed videos that have no segment of their own generation.
+
+        Video rows retired by a finished rebuild are not checked.
+        """
         if self._has_generations():
             condition = "s.generation = v.generation"
         else:
             condition = "1 = 1"
         rows = self._connection().execute(
-            "SELECT v.path FROM videos v WHERE v.status = ? AND NOT EXISTS "
+            f"SELECT v.path FROM videos v WHERE v.status = ? AND {self._visible('v')} AND NOT EXISTS "
             f"(SELECT 1 FROM segments s WHERE s.video_id = v.id AND {condition}) ORDER BY v.path",
             (STATUS_INDEXED,),
         ).fetchall()
         return [str(row["path"]) for row in rows]
 
     def count_by_status(self) -> dict[str, int]:
-        """Return the number of videos per status."""
+        """Return the number of videos per status, leaving out rows retired by a finished rebuild."""
         rows = self._connection().execute(
-            "SELECT status, COUNT(*) AS n FROM videos GROUP BY status"
+            f"SELECT status, COUNT(*) AS n FROM videos WHERE {self._visible()} GROUP BY status"
         ).fetchall()
         return {str(row["status"]): int(row["n"]) for row in rows}
 
@@ -434,8 +456,8 @@ class Catalog:
         """Map FAISS vector ids to their segments; ids with no row (padding -1, or removed
         since the snapshot was built) are absent from the result.
 
-        Rows of every generation are found, because a reader keeps serving the old snapshot
-        while a rebuild writes the next generation.
+        Rows of every generation are found, including rows retired by a finished rebuild,
+        because a reader keeps serving the old snapshot until it loads the new one.
         """
         wanted = sorted({int(i) for i in ids if int(i) >= 0})
         result: dict[int, SegmentRecord] = {}
@@ -492,28 +514,37 @@ class Catalog:
         }
 
     def get_video(self, video_id: int) -> VideoRecord | None:
-        """Return one video by id, with the paths of its duplicates, or None."""
+        """Return one video by id, with the paths of its duplicates, or None.
+
+        A row retired by a finished rebuild is returned too, because the service looks up the
+        videos of an old snapshot's hits by id.
+        """
         row = self._connection().execute(
             f"SELECT {self._video_columns()} FROM videos WHERE id = ?", (int(video_id),)
         ).fetchone()
         return None if row is None else self._video_from_row(row)
 
     def get_video_by_path(self, path: str) -> VideoRecord | None:
-        """Return one video by its stored path, or None."""
+        """Return one video by its stored path, or None; rows retired by a finished rebuild are skipped."""
         row = self._connection().execute(
-            f"SELECT {self._video_columns()} FROM videos WHERE path = ?", (str(path),)
+            f"SELECT {self._video_columns()} FROM videos WHERE path = ? AND {self._visible()}",
+            (str(path),),
         ).fetchone()
         return None if row is None else self._video_from_row(row)
 
     def list_videos(self, status: str | None = None) -> list[VideoRecord]:
-        """Return every video, or those with one status, ordered by path."""
+        """Return every video, or those with one status, ordered by path.
+
+        Rows retired by a finished rebuild are left out.
+        """
         if status is None:
             rows = self._connection().execute(
-                f"SELECT {self._video_columns()} FROM videos ORDER BY path"
+                f"SELECT {self._video_columns()} FROM videos WHERE {self._visible()} ORDER BY path"
             ).fetchall()
         else:
             rows = self._connection().execute(
-                f"SELECT {self._video_columns()} FROM videos WHERE status = ? ORDER BY path",
+                f"SELECT {self._video_columns()} FROM videos WHERE status = ? AND {self._visible()} "
+                "ORDER BY path",
                 (status,),
             ).fetchall()
         return [self._video_from_row(row, with_duplicates=False) for row in rows]
@@ -656,13 +687,14 @@ class Catalog:
     def start_rebuild(self, fingerprint: str, config: dict[str, Any], embed_dim: int) -> int:
         """Start an in-place rebuild with another model and return its generation.
 
-        The live rows stay untouched. The segments of an unfinished earlier rebuild are
-        deleted, because no snapshot contains them, and its video rows are written again.
+        The live rows stay untouched. An unfinished earlier rebuild is discarded: its segments
+        are deleted, because no snapshot contains them, and its video rows are returned to the
+        live generation (``_discard_rebuild_rows``), so this rebuild encodes them again.
         """
         with self.transaction() as connection:
             earlier = self.get_meta("rebuild_generation")
             if earlier is not None:
-                connection.execute("DELETE FROM segments WHERE generation = ?", (int(earlier),))
+                self._discard_rebuild_rows(int(earlier))
                 logger.warning(
                     "discarded the unfinished rebuild of %s to model %s",
                     self.path, self.get_meta("rebuild_fingerprint"),
@@ -678,34 +710,96 @@ class Catalog:
             self.set_meta("rebuild_embed_dim", str(int(embed_dim)))
         return generation
 
+    def _discard_rebuild_rows(self, generation: int) -> None:
+        """Delete an unfinished rebuild's segments and return its video rows to the live generation.
+
+        A row that still has live segments was indexed before the rebuild rewrote it, so it
+        becomes an indexed live row again. An indexed row without live segments is new to the
+        rebuild and is deleted, with the duplicates that point at it. The remaining rows
+        (failed, duplicate or removed) need no segments and are returned as they are. Call it
+        inside transaction().
+        """
+        connection = self._require_writable()
+        live = self.live_generation()
+        connection.execute("DELETE FROM segments WHERE generation = ?", (generation,))
+        connection.execute(
+            "UPDATE videos SET generation = ?, status = ?, duplicate_of = NULL, failure_kind = NULL, "
+            "failure_reason = NULL WHERE generation = ? AND EXISTS (SELECT 1 FROM segments s "
+            "WHERE s.video_id = videos.id AND s.generation = ?)",
+            (live, STATUS_INDEXED, generation, live),
+        )
+        orphans = "SELECT id FROM videos WHERE generation = ? AND status = ?"
+        connection.execute(
+            f"DELETE FROM videos WHERE generation = ? AND status = ? AND duplicate_of IN ({orphans})",
+            (generation, STATUS_DUPLICATE, generation, STATUS_INDEXED),
+        )
+        connection.execute(
+            f"UPDATE videos SET duplicate_of = NULL WHERE duplicate_of IN ({orphans})",
+            (generation, STATUS_INDEXED),
+        )
+        connection.execute(
+            "DELETE FROM videos WHERE generation = ? AND status = ?", (generation, STATUS_INDEXED)
+        )
+        connection.execute("UPDATE videos SET generation = ? WHERE generation = ?", (live, generation))
+
     def finish_rebuild(self, snapshot_id: str, vector_count: int, index_type: str) -> int:
         """Make the rebuild's generation live and record its snapshot, in one commit.
 
-        Deletes every row of older generations: the old model's segments and the videos the
-        rebuild did not find again. Returns the number of deleted video rows. The caller
-        publishes the snapshot (points ``CURRENT`` at it) after this commit.
+        The rows of older generations are retired, not deleted: the old model's segments and
+        the videos the rebuild did not find again stay for a running service that still serves
+        the old snapshot, and ``delete_retired_rows`` deletes them when the next writer opens
+        the catalog. Returns the number of retired video rows. The caller publishes the
+        snapshot (points ``CURRENT`` at it) after this commit.
         """
         state = self.rebuild_state()
         if state is None:
             raise CatalogError(f"catalog {self.path} has no unfinished rebuild to finish")
         generation = state.generation
         with self.transaction() as connection:
+            # A retired duplicate row stays out of the paths listed with the new rows.
             connection.execute(
                 "UPDATE videos SET duplicate_of = NULL WHERE generation != ? OR duplicate_of IN "
                 "(SELECT id FROM videos WHERE generation != ?)",
                 (generation, generation),
             )
-            connection.execute("DELETE FROM segments WHERE generation != ?", (generation,))
-            deleted = connection.execute(
-                "DELETE FROM videos WHERE generation != ?", (generation,)
-            ).rowcount
+            retired = connection.execute(
+                "SELECT COUNT(*) AS n FROM videos WHERE generation < ?", (generation,)
+            ).fetchone()
             self.set_meta("model_fingerprint", state.fingerprint)
             self.set_meta("model_config", json.dumps(state.model_config, sort_keys=True))
             self.set_meta("embed_dim", str(state.embed_dim))
             self.set_meta("generation", str(generation))
             connection.executemany("DELETE FROM meta WHERE key = ?", [(key,) for key in _REBUILD_KEYS])
             self.record_snapshot(snapshot_id, vector_count, index_type)
-        return int(deleted)
+        return int(retired["n"])
+
+    def delete_retired_rows(self) -> tuple[int, int]:
+        """Delete the rows that a finished rebuild retired and return (videos, segments) deleted.
+
+        Retired rows belong to generations older than the live one. The writable constructor
+        calls this, so every writer run (ingest, remove, rebuild) starts without them.
+        NOTE: a writer that starts within seconds of a finished rebuild can delete them before
+        a running service has loaded the new snapshot, and that service then returns no hits
+        until it reloads.
+        """
+        connection = self._require_writable()
+        if not self._has_generations():
+            return 0, 0
+        live = self.live_generation()
+        with self.transaction():
+            connection.execute(
+                "UPDATE videos SET duplicate_of = NULL WHERE duplicate_of IN "
+                "(SELECT id FROM videos WHERE generation < ?)",
+                (live,),
+            )
+            segments = connection.execute("DELETE FROM segments WHERE generation < ?", (live,)).rowcount
+            videos = connection.execute("DELETE FROM videos WHERE generation < ?", (live,)).rowcount
+        if videos or segments:
+            logger.info(
+                "deleted the rows an earlier rebuild of %s retired: %d videos, %d segments",
+                self.path, videos, segments,
+            )
+        return int(videos), int(segments)
 
     def write_indexed(
         self,
@@ -720,7 +814,7 @@ class Catalog:
 
         Call inside transaction(), so that the old segments disappear in the same commit that
         adds the new ones. During a rebuild, segments of older generations stay until
-        ``finish_rebuild``. Returns the video id.
+        ``delete_retired_rows`` runs after the rebuild finished. Returns the video id.
         """
         connection = self._require_writable()
         dim = self._write_embed_dim()
@@ -858,7 +952,8 @@ class Catalog:
         The path's old segments are deleted, unless a duplicate of its content exists under
         another path: then that duplicate's row takes over the old content and segments.
         During a rebuild, a row of an older generation keeps its segments, because the
-        served snapshot still contains them; ``finish_rebuild`` deletes them.
+        served snapshot still contains them. ``delete_retired_rows`` deletes them after the
+        rebuild finished.
         """
         connection = self._require_writable()
         generation = self.write_generation()
