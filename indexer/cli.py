@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="drop the vectors of catalog files under PATH that no longer exist")
     ingest.add_argument("--rebuild", action="store_true",
                         help="re-index every file with the given model, replacing the old vectors "
-                             "when done; re-run to resume an unfinished rebuild")
+                             "when done; resume an unfinished rebuild with --rebuild --checkpoint "
+                             "INDEX_DIR/model.rebuild (a model built by name with random weights "
+                             "differs on every run, so repeating such a command starts over)")
     ingest.add_argument("--retry-failed", action="store_true",
                         help="decode files that failed in an earlier run even if unchanged")
     ingest.add_argument("--no-progress", action="store_true", help="hide the progress bar")
