@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # faiss logs at INFO which of its builds it loads, including the failed imports before that.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         settings = _settings_from(args)
     except ValidationError as error:

@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # faiss logs at INFO which of its builds it loads, including the failed imports before that.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     import uvicorn
 
     from search_api.app import create_app
