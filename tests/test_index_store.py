@@ -320,3 +320,32 @@ def test_readers_on_read_only_mount(index_dir: Path) -> None:
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2", "False"]
+
+
+def test_catalog_reads_avoid_segment_table_scans(index_dir: Path) -> None:
+    # Segment rows hold the vectors, so a table scan reads the whole collection. The planner's
+    # choice does not depend on the row count here (no ANALYZE), so a small catalog shows it.
+    with Catalog(index_dir / CATALOG_FILE, read_only=False) as catalog:
+        video_ids = [add_video(catalog, f"/videos/{i}.mp4", unit_vectors(3, seed=i)) for i in range(4)]
+    with Catalog(index_dir / CATALOG_FILE, read_only=True) as reader:
+        some_ids = reader.segment_ids()[:2].tolist()
+        connection = reader._connection()
+        statements: list[str] = []
+        connection.set_trace_callback(statements.append)
+        reader.count_segments()
+        reader.count_indexed_videos()
+        reader.list_segments(video_ids[1])
+        reader.segments_for_vector_ids(some_ids)
+        reader.indexed_videos_without_segments()
+        connection.set_trace_callback(None)
+        selects = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT") and "segments" in sql]
+        assert len(selects) >= 5
+        for sql in selects:
+            plan = [row[3] for row in connection.execute("EXPLAIN QUERY PLAN " + sql).fetchall()]
+            # Allowed on segments: a scan of a covering index (no vectors read), or a search by
+            # video id or by row id. A search by generation alone visits every row of it.
+            segment_steps = [step for step in plan if step.split(" USING")[0] in ("SCAN segments", "SCAN s",
+                                                                                  "SEARCH segments", "SEARCH s")]
+            bad = [step for step in segment_steps
+                   if "COVERING INDEX" not in step and "video_id=" not in step and "PRIMARY KEY" not in step]
+            assert not bad, f"{sql} reads segment rows it does not need: {plan}"

@@ -469,7 +469,7 @@ def test_catalog_schema_1_upgraded(tmp_path: Path) -> None:
         video_id = write_video(catalog, "/videos/a.mp4", "hash-a", unit_vectors(2, 8, 0))
     # Turn the file into a schema version 1 catalog, as the previous release wrote it.
     connection = sqlite3.connect(path)
-    connection.execute("DROP INDEX segments_generation")
+    connection.execute("DROP INDEX segments_video_generation")
     connection.execute("ALTER TABLE segments DROP COLUMN generation")
     connection.execute("ALTER TABLE videos DROP COLUMN generation")
     connection.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
