@@ -171,9 +171,10 @@ def main() -> int:
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads of both the server and the direct path")
     parser.add_argument(
-        "--blas-thresholds", default="8",
-        help="comma-separated PIG_FAISS_BLAS_THRESHOLD values, one server run each; 128000 is "
-        "FAISS's own default, under which every query of a micro-batch scans the index (default 8)",
+        "--blas-thresholds", default="4",
+        help="comma-separated PIG_FAISS_BLAS_THRESHOLD values, one server run each; a value above "
+        "the largest micro-batch, such as 1000, scans the index once per query as FAISS does by "
+        "default (default 4)",
     )
     parser.add_argument("--work-dir", help="where index directories go (default a temp dir)")
     parser.add_argument("--output", default="bench_search.json", help="JSON result file")

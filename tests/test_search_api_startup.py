@@ -152,7 +152,7 @@ def test_launch_commands_serve(small_index, launcher, tmp_path):
     stderr = log_path.read_text()
     assert "loaded model pig-tiny" in stderr
     assert "loaded index" in stderr
-    threshold = "5" if launcher == "search-api" else "8"
+    threshold = "5" if launcher == "search-api" else "4"
     assert f"micro-batches of {threshold} or more queries with one BLAS product" in stderr
     assert "ModuleNotFoundError" not in stderr, "faiss's loader messages must stay quiet"
 
