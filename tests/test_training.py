@@ -53,7 +53,10 @@ def make_config(synth_dir: Path, output_dir: Path, **sections) -> dict:
             "warmup_fraction": 0.1,
         },
         # One frame cache for every run of this file; its folder name includes a key of the data.
-        "runtime": {"device": "cpu", "num_workers": 0, "cache_frames": True, "cache_dir": str(synth_dir / "cache")},
+        # The thread count is pinned: float sums differ between thread counts, and runs in this
+        # process would otherwise take whatever count an earlier test left behind.
+        "runtime": {"device": "cpu", "num_workers": 0, "cache_frames": True, "cache_dir": str(synth_dir / "cache"),
+                    "torch_threads": 1},
         "schedule": {"save_last_every_steps": 100},
     }
     for section, values in sections.items():
