@@ -182,7 +182,7 @@ def test_ingest_loop_records_every_timeout(tmp_path: Path, workers: int) -> None
         assert catalog.count_by_status() == {"failed": len(files)}
 
 
-def test_signal_inside_deferred_block_is_raised_when_the_block_ends() -> None:
+def test_deferred_signal_raised_at_block_end() -> None:
     steps = []
     with pytest.raises(Terminated), interrupts.install():
         with interrupts.deferred():
@@ -193,21 +193,21 @@ def test_signal_inside_deferred_block_is_raised_when_the_block_ends() -> None:
     assert steps == ["after the signal"]
 
 
-def test_signal_outside_deferred_block_is_raised_at_once() -> None:
+def test_undeferred_signal_raised_at_once() -> None:
     with pytest.raises(KeyboardInterrupt) as caught, interrupts.install():
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)
     assert not isinstance(caught.value, Terminated)
 
 
-def test_install_restores_the_previous_handlers() -> None:
+def test_install_restores_handlers() -> None:
     before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     with interrupts.install():
         assert signal.getsignal(signal.SIGTERM) is not before[1]
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
-def test_interrupt_during_a_commit_keeps_catalog_and_counters_equal(tmp_path: Path) -> None:
+def test_commit_interrupt_keeps_counts_equal(tmp_path: Path) -> None:
     # The signal arrives in the middle of a write transaction. The batch must commit whole and
     # be counted before the interrupt unwinds, so that the run's report matches the catalog.
     files = [PlannedFile(DiscoveredFile(f"/videos/{i:02d}.mp4", 100, 1), content_hash=str(i)) for i in range(10)]

@@ -750,10 +750,10 @@ class Catalog:
     def finish_rebuild(self, snapshot_id: str, vector_count: int, index_type: str) -> int:
         """Make the rebuild's generation live and record its snapshot, in one commit.
 
-        The rows of older generations are retired, not deleted: the old model's segments and
+        The rows of older generations are retired, not deleted. The old model's segments and
         the videos the rebuild did not find again stay for a running service that still serves
-        the old snapshot, and ``delete_retired_rows`` deletes them when the next writer opens
-        the catalog. Returns the number of retired video rows. The caller publishes the
+        the old snapshot. ``delete_retired_rows`` deletes them when the next writer opens the
+        catalog. Returns the number of retired video rows. The caller publishes the
         snapshot (points ``CURRENT`` at it) after this commit.
         """
         state = self.rebuild_state()
