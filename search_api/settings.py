@@ -221,7 +221,8 @@ class ApiSettings(BaseSettings):
             )
         raise ValueError(
             f"PIG_CHECKPOINT (--checkpoint) {checkpoint} is not a checkpoint directory "
-            f"(config.json is missing); set it to a directory written by save_checkpoint"
+            f"(config.json is missing); set it to a folder written by `pig-train fit` or "
+            f"copied from an index directory's model/ folder"
         )
 
     @property

@@ -64,7 +64,10 @@ def _describe_model_error(settings: ApiSettings, error: Exception) -> str:
             "--checkpoint (PIG_CHECKPOINT) to the checkpoint the index was built with"
         )
     else:
-        fix = "set --checkpoint (PIG_CHECKPOINT) to a directory written by save_checkpoint"
+        fix = (
+            "set --checkpoint (PIG_CHECKPOINT) to a checkpoint directory with config.json and "
+            "model.safetensors"
+        )
     return f"cannot load the text model from {settings.model_dir}: {error}; {fix}"
 
 
