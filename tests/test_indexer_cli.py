@@ -234,19 +234,25 @@ def _indexed_count(catalog_path: Path) -> int:
         return 0
 
 
+def start_slow_ingest(folder: Path, index_dir: Path, checkpoint: Path, *extra: str,
+                      capture: bool = False) -> subprocess.Popen[str]:
+    """Start an ingest with one worker and one video per batch, to interrupt it part way."""
+    output = subprocess.PIPE if capture else subprocess.DEVNULL
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIG_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "indexer.cli", "ingest", str(folder), "--index-dir", str(index_dir),
+         "--checkpoint", str(checkpoint), "--workers", "1", "--batch-size", "1", "--no-progress", *extra],
+        cwd=REPO, env=env, stdout=output, stderr=output, text=True,
+    )
+
+
 @pytest.mark.slow
 def test_sigkill_then_rerun(tmp_path: Path, checkpoints: tuple[Path, Path]) -> None:
     folder = tmp_path / "videos"
     folder.mkdir()
     files = [make_h264(folder, f"clip{i:02d}.mp4", seconds=1.0 + 0.2 * i) for i in range(10)]
     index_dir = tmp_path / "index"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIG_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "indexer.cli", "ingest", str(folder), "--index-dir", str(index_dir),
-         "--checkpoint", str(checkpoints[0]), "--workers", "1", "--batch-size", "1",
-         "--snapshot-every", "1", "--no-progress"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    process = start_slow_ingest(folder, index_dir, checkpoints[0], "--snapshot-every", "1")
     try:
         deadline = time.monotonic() + 120
         while _indexed_count(index_dir / CATALOG_FILE) < 2 and time.monotonic() < deadline:
@@ -421,12 +427,7 @@ def test_signal_records_interrupted_run(tmp_path: Path, checkpoints: tuple[Path,
     folder.mkdir()
     files = [make_h264(folder, f"clip{i:02d}.mp4", seconds=1.0 + 0.2 * i) for i in range(10)]
     index_dir = tmp_path / "index"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIG_")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "indexer.cli", "ingest", str(folder), "--index-dir", str(index_dir),
-         "--checkpoint", str(checkpoints[0]), "--workers", "1", "--batch-size", "1", "--no-progress"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    process = start_slow_ingest(folder, index_dir, checkpoints[0], capture=True)
     deadline = time.monotonic() + 120
     while _indexed_count(index_dir / CATALOG_FILE) < 1 and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -387,7 +387,7 @@ def test_catalog_rebuild_keeps_live_rows(tmp_path: Path) -> None:
     assert catalog.snapshot_vector_count("snapshot-1") == 2
     assert catalog.indexed_videos_without_segments() == []
 
-    # The old rows are retired: the old snapshot's ids still resolve, and nothing else sees them.
+    # The old rows are retired: the old snapshot's ids still resolve, and every other read skips them.
     assert set(catalog.segments_for_vector_ids(old_ids)) == old_ids
     assert catalog.get_video(dropped).path == "/videos/dropped.mp4"
     assert catalog.get_video_by_path("/videos/dropped.mp4") is None
